@@ -1,0 +1,127 @@
+"""The wire: what the daemon publishes and what subscribers (PLC adapters, any language) read.
+
+ZeroMQ PUB, multipart messages, msgpack bodies. The README's "Wire format" section is the
+language-neutral description of exactly these structs; keep both in step and bump
+SCHEMA_VERSION for any change a subscriber must know about.
+
+    frame.<camera>   [topic, FrameHeader (msgpack map), mask bytes (empty when encoding == "none")]
+    health.<daemon>  [topic, Health (msgpack map)]
+
+Every body is a msgpack map with a "type" key ("frame" / "health"). Fields are only ever added, with
+defaults, at the end; an older subscriber keeps working (wire structs do not forbid unknown fields).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Verdict = Literal["ok", "defect", "unknown"]
+CameraState = Literal["starting", "streaming", "reconnecting", "failed", "finished"]
+
+
+class Region(msgspec.Struct, frozen=True, kw_only=True):
+    """One connected defect region, in mask pixel coordinates (the model's input grid)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area_px: int
+    peak_score: float
+
+
+class MaskInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Describes the mask frame that follows the header."""
+
+    encoding: Literal["none", "raw", "png"] = "none"  # raw: uint8 row-major, 0 or 255
+    height_px: int = 0
+    width_px: int = 0
+    # Where the mask grid sits in the camera frame: the crop (x, y, w, h) that was resized to the model input.
+    roi_x: int = 0
+    roi_y: int = 0
+    roi_w: int = 0
+    roi_h: int = 0
+
+
+class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="frame"):
+    schema_version: int
+    camera: str
+    seq: int  # per camera, starts at 0, +1 for every frame captured (published or dropped)
+    capture_ns: int  # wall clock (time.time_ns) at grab
+    publish_ns: int  # wall clock just before send
+    score: float  # image score (max of the smoothed map); NaN when verdict == "unknown"
+    threshold: float  # image threshold in force; score > threshold -> "defect"
+    verdict: Verdict
+    model_id: str
+    regions: list[Region] = []
+    dropped: int = 0  # frames of this camera dropped since the previous published frame
+    mask: MaskInfo = MaskInfo()
+    reason: str = ""  # why "unknown" (wrong size, backend error, uncalibrated, ...)
+    pixel_threshold: float = 0.0
+    source: str = ""  # file name / URL / device of the frame, for traceability
+
+
+class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
+    camera: str
+    state: CameraState
+    fps: float = 0.0
+    frames_captured: int = 0
+    frames_judged: int = 0
+    frames_dropped: int = 0
+    reconnects: int = 0
+    skipped_files: int = 0
+    last_error: str = ""
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="health"):
+    schema_version: int
+    daemon: str
+    seq: int  # heartbeat counter; a gap means missed heartbeats
+    time_ns: int
+    period_s: float  # heartbeat period: a subscriber treats 3 missed periods as "inspector down"
+    uptime_s: float
+    backend: str
+    model_id: str
+    image_threshold: float
+    cameras: list[CameraHealth] = []
+    publish_dropped: int = 0  # messages the publisher dropped because its queue was full
+
+
+Message = FrameHeader | Health
+
+
+# Control endpoint (REQ/REP, msgpack): reload thresholds or the bundle without dropping the stream.
+class Reload(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="reload"):
+    bundle: str | None = None  # None: re-read the configured bundle (new calibration, same model)
+
+
+class ApplyThresholds(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="apply"):
+    image_threshold: float
+    pixel_threshold: float | None = None
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="status"):
+    pass
+
+
+Request = Reload | ApplyThresholds | Status
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="reply"):
+    ok: bool
+    message: str = ""
+    model_id: str = ""
+    image_threshold: float = 0.0
+    pixel_threshold: float = 0.0
+
+
+def frame_topic(camera: str) -> bytes:
+    return f"frame.{camera}".encode()
+
+
+def health_topic(daemon: str) -> bytes:
+    return f"health.{daemon}".encode()

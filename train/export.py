@@ -1,0 +1,175 @@
+"""Export a trained network as a bundle: the whole chain frames -> (anomaly map, score) in one ONNX graph.
+
+Pre-processing (uint8 NHWC -> normalised float NCHW) and post-processing (channel-mean squared error,
+Gaussian smoothing, max) live inside the graph, so every backend takes raw frames and no backend can
+drift from training. The same module is what evaluation and the tests compare ONNX Runtime against.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge.manifest import (
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MAP_NAME,
+    MODEL_NAME,
+    SCORE_NAME,
+    Calibration,
+    InputSpec,
+    Manifest,
+    Provenance,
+    sha256_file,
+    write_manifest,
+)
+
+OPSET = 17
+
+
+def gaussian_kernel(sigma_px: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma_px)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma_px**2))
+    return k / k.sum()  # (2r+1,)
+
+
+class InferenceGraph(nn.Module):
+    """frames uint8 (N, H, W, C) -> anomaly_map float32 (N, H, W), score float32 (N,)."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], smooth_sigma_px: float):
+        super().__init__()
+        self.net = net
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        k = gaussian_kernel(smooth_sigma_px)
+        # Separable smoothing as two 1-D convs: O(r) instead of O(r^2) per pixel.
+        self.register_buffer("kx", k.view(1, 1, 1, -1))
+        self.register_buffer("ky", k.view(1, 1, -1, 1))
+        self.radius = (k.numel() - 1) // 2
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        x01 = frames.permute(0, 3, 1, 2).float() / 255.0  # (N, C, H, W) in [0, 1]
+        return x01, (x01 - self.mean) / self.std
+
+    def error_map(self, x01: torch.Tensor, recon_norm: torch.Tensor) -> torch.Tensor:
+        recon01 = recon_norm * self.std + self.mean
+        err = ((recon01 - x01) ** 2).mean(dim=1, keepdim=True)  # (N, 1, H, W), in [0,1]^2 units
+        r = self.radius
+        # Reflect padding needs the pad smaller than the side; replicate works for any size.
+        err = F.conv2d(F.pad(err, (r, r, 0, 0), mode="replicate"), self.kx)
+        err = F.conv2d(F.pad(err, (0, 0, r, r), mode="replicate"), self.ky)
+        return err[:, 0]  # (N, H, W)
+
+    def forward(self, frames: torch.Tensor):
+        x01, x = self.normalise(frames)
+        amap = self.error_map(x01, self.net(x))
+        score = amap.flatten(1).amax(dim=1)  # (N,)
+        return amap, score
+
+
+def export_onnx(graph: InferenceGraph, path: Path, height: int, width: int, channels: int) -> None:
+    graph = graph.eval()
+    dummy = torch.zeros(2, height, width, channels, dtype=torch.uint8)
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[MAP_NAME, SCORE_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, MAP_NAME: {0: "batch"}, SCORE_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter gives a compact graph with a plain dynamic batch axis
+        )
+
+
+def export_torch_program(graph: InferenceGraph, path: Path, height: int, width: int, channels: int) -> None:
+    """A torch.export program of the same chain, for the torch-cuda backend (no model code needed to load)."""
+    dummy = torch.zeros(2, height, width, channels, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(graph.eval(), (dummy,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def export_bundle(
+    graph: InferenceGraph,
+    out_dir: Path,
+    *,
+    height: int,
+    width: int,
+    channels: int,
+    provenance: Provenance,
+    calibration: Calibration | None = None,
+    with_torch_program: bool = True,
+) -> Manifest:
+    """Write model.onnx (+ model.pt2) and manifest.json into out_dir, replacing an earlier bundle whole.
+
+    Everything is built in a temp folder beside out_dir and swapped in by rename, so an interrupted
+    export leaves the previous bundle intact.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        export_onnx(graph, tmp / MODEL_NAME, height, width, channels)
+        extras = {}
+        if with_torch_program:
+            export_torch_program(graph, tmp / "model.pt2", height, width, channels)
+            extras["model.pt2"] = sha256_file(tmp / "model.pt2")
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            model_id=sha256_file(tmp / MODEL_NAME),
+            input=InputSpec(height_px=height, width_px=width, channels=channels, color_order="BGR" if channels == 3 else "GRAY"),
+            provenance=provenance,
+            calibration=calibration,
+            extras=extras,
+        )
+        write_manifest(tmp, manifest)
+        if out_dir.exists():
+            # Keep an on-site calibration history if this folder already had engines/ etc.? No: a new model
+            # invalidates calibrations and engines, so the old bundle is moved aside whole and removed.
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            out_dir.rename(old / out_dir.name)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_graph(graph: InferenceGraph, frames: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Torch reference of the exported chain on uint8 (N, H, W, C) frames."""
+    maps, scores = [], []
+    graph = graph.eval()
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            m, s = graph(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])))
+            maps.append(m.numpy())
+            scores.append(s.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
