@@ -1,0 +1,35 @@
+"""What every `ssae` command shares: known errors become one stderr line and exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import msgspec
+import typer
+
+from edge.manifest import BundleError
+
+
+class UserError(Exception):
+    """An error caused by input the user can fix; the message says how."""
+
+
+KNOWN_ERRORS = (UserError, BundleError, msgspec.ValidationError, msgspec.DecodeError, FileNotFoundError, PermissionError, NotADirectoryError)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def known_errors():
+    """Turn the errors a user can fix into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    try:
+        yield
+    except KNOWN_ERRORS as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(code=130) from None
