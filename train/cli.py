@@ -2,6 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
+from edge.clitools import known_errors
+
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.command()
+def fit(
+    data: Path = typer.Argument(..., help="Dataset root (MVTec-AD layout with --category) or a folder of good images."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (replaced whole at the end; checkpoints go to OUT.work/)."),
+    category: Optional[str] = typer.Option(None, "--category", help="MVTec-AD category: trains on DATA/<category>/train/good."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Training recipe TOML (keys: configs/train/default.toml)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="default | plain | denoising (comparison recipes)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in px (default: recipe's, else the images')."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT.work/."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train the self-supervised autoencoder on good images and export a bundle."""
+    with known_errors():
+        from train.config import load_config
+        from train.loop import fit as run_fit
+
+        cfg = load_config(config, recipe, steps=steps, image_size=image_size, seed=seed, threads=threads)
+        run_fit(data, out, cfg, category=category, resume=resume, progress=progress)

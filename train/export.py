@@ -12,6 +12,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,8 @@ class InferenceGraph(nn.Module):
 def export_onnx(graph: InferenceGraph, path: Path, height: int, width: int, channels: int) -> None:
     graph = graph.eval()
     dummy = torch.zeros(2, height, width, channels, dtype=torch.uint8)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's constant-folding notes say nothing actionable
         torch.onnx.export(
             graph,
             (dummy,),

@@ -1,0 +1,95 @@
+"""The training recipe: every knob of `ssae train fit` in one typed struct, read from TOML.
+
+Defaults here equal configs/train/default.toml, which documents each one with its reason (a test
+keeps the two in step). `--recipe plain|denoising` applies the comparison recipes on top of the
+defaults; `--config FILE` then overrides any key. Unknown or ill-typed keys are refused with their path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from edge.clitools import UserError
+from train.corrupt import CorruptionConfig
+from train.model import ModelConfig
+
+RecipeName = Literal["default", "plain", "denoising"]
+
+
+class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    recipe: RecipeName = "default"
+    seed: int = 0
+    image_size: Annotated[int, Meta(ge=16, le=4096)] | None = None  # None: the images' own size
+    steps: Annotated[int, Meta(ge=1)] = 2400
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] = 16
+    lr: Annotated[float, Meta(gt=0)] = 2e-3
+    lr_final_frac: Annotated[float, Meta(ge=0, le=1)] = 0.02
+    warmup_steps: Annotated[int, Meta(ge=0)] = 100
+    weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
+    grad_clip: Annotated[float, Meta(gt=0)] = 1.0
+    noise_std: Annotated[float, Meta(ge=0, le=1)] = 0.02
+    noise_in_target: bool = True
+    region_weight: Annotated[float, Meta(ge=1)] = 3.0
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+    holdout: Annotated[float, Meta(ge=0, lt=0.5)] = 0.1
+    smooth_sigma_px: Annotated[float, Meta(ge=0)] = 0.0  # 0: auto, width / 64 (at least 1 px)
+    checkpoint_every: Annotated[int, Meta(ge=1)] = 200
+    time_budget_min: Annotated[float, Meta(ge=0)] = 0.0  # 0: no budget
+    threads: Annotated[int, Meta(ge=0)] = 0  # 0: all cores
+    channels_last: bool = True
+    corruption: CorruptionConfig = CorruptionConfig()
+    model: ModelConfig = ModelConfig()
+
+    def sigma_px(self, width: int) -> float:
+        return self.smooth_sigma_px or max(1.0, width / 64)
+
+
+# The paper's comparison recipes: same network and schedule, only the self-supervision differs.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "plain": {"recipe": "plain", "corruption": {"enabled": False}, "noise_std": 0.0, "region_weight": 1.0},
+    "denoising": {"recipe": "denoising", "corruption": {"enabled": False}, "noise_std": 0.1, "noise_in_target": False, "region_weight": 1.0},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Path | None = None, recipe: str | None = None, **overrides) -> TrainConfig:
+    """Defaults <- recipe <- TOML file <- command-line overrides (None values ignored)."""
+    raw = msgspec.to_builtins(TrainConfig())
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise UserError(f"--recipe {recipe!r} is unknown; use one of {', '.join(RECIPES)}")
+        raw = _merge(raw, RECIPES[recipe])
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"--config {path} does not exist; pass a TOML file like configs/train/default.toml")
+        try:
+            file_cfg = msgspec.toml.decode(path.read_bytes())
+        except msgspec.DecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from e
+        if recipe is not None and file_cfg.get("recipe", recipe) != recipe:
+            raise UserError(f"{path} sets recipe = {file_cfg['recipe']!r} but --recipe is {recipe!r}; drop one of them")
+        file_recipe = file_cfg.get("recipe")
+        if recipe is None and file_recipe in RECIPES:
+            raw = _merge(raw, RECIPES[file_recipe])
+        raw = _merge(raw, file_cfg)
+        where = str(path)
+    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, type=TrainConfig)
+    except msgspec.ValidationError as e:
+        raise UserError(f"{where}: {e}; see configs/train/default.toml for the keys and their types") from e

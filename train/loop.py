@@ -1,0 +1,244 @@
+"""The training loop: one flat function, from good images to an exported bundle.
+
+Under `torchrun` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel (gloo on CPU, nccl on
+GPU); each rank draws its own batches from a seed offset by its rank, and only rank 0 logs, saves
+checkpoints and exports. Checkpoints hold the recipe, step, model, optimizer and RNG states, so
+`--resume` continues exactly where the run stopped; they are written atomically, so Ctrl-C or a
+power cut leaves the last one intact.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge.clitools import UserError
+from edge.manifest import Calibration, Provenance, ScoreStats, atomic_write_bytes
+from train.config import TrainConfig
+from train.corrupt import corrupt
+from train.data import channel_stats, load_images, split_holdout, train_folder
+from train.export import InferenceGraph, code_version, export_bundle, now_iso, run_graph
+from train.model import FilterAE, count_params
+
+CKPT_NAME = "ckpt.pt"
+
+
+def work_dir_for(out: Path) -> Path:
+    """Checkpoints live beside the bundle, never inside it: the bundle is replaced whole at export."""
+    out = Path(out)
+    return out.parent / f"{out.name}.work"
+
+
+def make_batch(images: np.ndarray, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
+    """-> (input, target, weight) float32 tensors (B, C, H, W), (B, C, H, W), (B, 1, H, W) in [0, 1] units."""
+    xs, ins, alphas = [], [], []
+    for i in idx:
+        x = images[i].astype(np.float32) / 255.0  # (H, W, C)
+        if cfg.hflip and rng.random() < 0.5:
+            x = x[:, ::-1]
+        if cfg.vflip and rng.random() < 0.5:
+            x = x[::-1]
+        if cfg.rot90:
+            x = np.rot90(x, int(rng.integers(4)))
+        x = np.ascontiguousarray(x)
+        xc, alpha = corrupt(x, images, cfg.corruption, rng)
+        xs.append(x)
+        ins.append(xc)
+        alphas.append(alpha)
+    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
+    xc = torch.from_numpy(np.stack(ins)).permute(0, 3, 1, 2)
+    alpha = torch.from_numpy(np.stack(alphas))[:, None]
+    noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32)) * cfg.noise_std
+    # Input = corrupt(x) + eps. The default recipe keeps eps in the target too (identity-anchoring: the
+    # network must not learn to denoise, only to remove what is not normal); "denoising" does not.
+    target = x + noise if cfg.noise_in_target else x
+    weight = 1.0 + (cfg.region_weight - 1.0) * (alpha > 0).float()
+    return xc + noise, target, weight
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.lr_final_frac + (1 - cfg.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def comparable(cfg: TrainConfig) -> dict:
+    """The recipe minus what may change on resume (length, threads, checkpoint cadence, budget)."""
+    d = msgspec.to_builtins(cfg)
+    for k in ("steps", "threads", "checkpoint_every", "time_budget_min"):
+        d.pop(k)
+    return d
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}; run without --resume to start fresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several unrelated types for a damaged file
+        raise UserError(f"--resume: {path} is not a readable checkpoint ({e}); delete it to start fresh") from e
+    if state.get("comparable") != comparable(cfg):
+        theirs, ours = state.get("comparable", {}), comparable(cfg)
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise UserError(
+            f"--resume: {path} was made with another recipe (differs in: {', '.join(diff)}); "
+            "resume with the same --recipe/--config, or drop --resume to start fresh"
+        )
+    return state
+
+
+def provisional_calibration(graph: InferenceGraph, holdout: np.ndarray) -> Calibration | None:
+    """A first threshold from held-out good images, so the daemon can judge before on-site calibration."""
+    if len(holdout) == 0:
+        return None
+    amap, scores = run_graph(graph, holdout)
+    s = scores.astype(np.float64)
+    stats = ScoreStats(count=len(s), mean=float(s.mean()), std=float(s.std()), p50=float(np.median(s)), p99=float(np.quantile(s, 0.99)), max=float(s.max()))
+    spread = max(float(s.max() - np.median(s)), 1e-6)
+    return Calibration(
+        image_threshold=float(s.max() + 0.5 * spread),  # above every held-out good, with a margin
+        pixel_threshold=float(s.max() + 0.5 * spread),
+        method="training-holdout (provisional: run `ssae calibrate fit` on site)",
+        n_good=len(s),
+        good_stats=stats,
+        created=now_iso(),
+        source="training holdout",
+    )
+
+
+def setup_distributed() -> tuple[int, int]:
+    if "RANK" not in os.environ:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Train on the good images under data, export the bundle to out, return out."""
+    out = Path(out)
+    folder = train_folder(data, category)
+    images, _ = load_images(folder, cfg.image_size)  # (N, H, W, C) uint8
+    n, height, width, channels = images.shape
+    if n < 2:
+        raise UserError(f"{folder} holds {n} image; training needs at least 2 good images (ideally 100+)")
+    if cfg.model.in_channels != channels:
+        cfg = msgspec.structs.replace(cfg, model=msgspec.structs.replace(cfg.model, in_channels=channels))
+    if height % 16 or width % 16:
+        raise UserError(f"images are {width}x{height}; the network needs sides divisible by 16: pass --image-size (e.g. {max(16, round(height / 16) * 16)})")
+    work = work_dir_for(out)
+    ckpt_path = work / CKPT_NAME
+    state = load_checkpoint(ckpt_path, cfg) if resume else None
+
+    rank, world = setup_distributed()
+    torch.set_flush_denormal(True)  # denormals made CPU steps 5-10x slower
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, rank])
+    train_idx, hold_idx = split_holdout(n, cfg.holdout, np.random.default_rng(cfg.seed))
+    mean, std = channel_stats(images[train_idx])
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    net = FilterAE(cfg.model).to(device, memory_format=memory_format)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, elapsed = 0, 0.0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed_s"]
+        rng.bit_generator.state = state["rng"][rank] if rank < len(state["rng"]) else rng.bit_generator.state
+        torch.set_rng_state(state["torch_rng"])
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    per_rank = max(1, cfg.batch_size // world)
+
+    if rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"training {count_params(net) / 1e6:.2f} M params on {len(train_idx)} images {width}x{height}x{channels} "
+              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}", flush=True)
+
+    def checkpoint(at_step: int) -> None:
+        rngs = [rng.bit_generator.state]
+        if world > 1:
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, rng.bit_generator.state)
+        if rank == 0:
+            save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
+                                        "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                                        "rng": rngs, "torch_rng": torch.get_rng_state(), "mean": mean, "std": std})
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0)
+    model.train()
+    t_last, ema_loss, stopped_early = time.perf_counter(), None, False
+    t_start, step_start = t_last, step
+    try:
+        while step < cfg.steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            xin, target, weight = make_batch(images, train_idx[rng.integers(0, len(train_idx), per_rank)], cfg, rng)
+            xin = ((xin - mean_t) / std_t).to(device, memory_format=memory_format)
+            target = ((target - mean_t) / std_t).to(device, memory_format=memory_format)
+            recon = model(xin)
+            loss = (weight.to(device) * (recon - target) ** 2).mean() / weight.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            now = time.perf_counter()
+            elapsed += now - t_last
+            t_last = now
+            ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema_loss:.4f}", img_s=f"{(step - step_start) * cfg.batch_size / max(now - t_start, 1e-9):.1f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint(step)
+            if cfg.time_budget_min and elapsed > cfg.time_budget_min * 60 and step < cfg.steps:
+                stopped_early = True
+                checkpoint(step)
+                break
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        raise UserError(f"interrupted at step {step}; the last checkpoint is intact in {ckpt_path}: continue with --resume") from None
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        net.eval().cpu().to(memory_format=torch.contiguous_format)
+        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width))
+        provenance = Provenance(
+            data=str(data), category=category, recipe=cfg.recipe, recipe_config=msgspec.to_builtins(cfg), seed=cfg.seed,
+            steps=step, train_seconds=round(elapsed, 1), code_version=code_version(), created=now_iso(),
+            metrics={"train_loss": float(ema_loss or 0.0), "images_per_s": step * cfg.batch_size / max(elapsed, 1e-9),
+                     "stopped_early": float(stopped_early)},
+        )
+        export_bundle(graph, out, height=height, width=width, channels=channels, provenance=provenance,
+                      calibration=provisional_calibration(graph, images[hold_idx]))
+        print(f"bundle written to {out} ({step} steps, {elapsed / 60:.1f} min{', stopped at the time budget' if stopped_early else ''})", flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return out
