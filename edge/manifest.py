@@ -59,6 +59,17 @@ class ScoreStats(Strict, kw_only=True):
     max: float
 
 
+class RateEvidence(Strict, kw_only=True):
+    """A rate with what it rests on: `events` of `trials`, and its one-sided Clopper-Pearson upper bound."""
+
+    events: Annotated[int, Meta(ge=0)]  # e.g. good samples above the threshold, defects at or below it
+    trials: Annotated[int, Meta(ge=0)]
+    rate: float  # events / trials (NaN when trials == 0)
+    upper: float  # true rate <= upper with probability `confidence`
+    confidence: float
+    in_sample: bool = False  # True when the threshold was chosen on these same samples (optimistic)
+
+
 class Calibration(Strict, kw_only=True):
     image_threshold: Annotated[float, Meta(ge=0)]  # score > threshold -> defect
     pixel_threshold: Annotated[float, Meta(ge=0)]  # map > threshold -> defect pixel
@@ -72,6 +83,12 @@ class Calibration(Strict, kw_only=True):
     created: str = ""  # ISO 8601 UTC
     source: str = ""  # where the samples came from (folders or a live endpoint)
     note: str = ""
+    # Added by calibrate/ (defaults keep older manifests readable):
+    confidence: float | None = None  # confidence level of the rule and of the evidence below
+    false_reject: RateEvidence | None = None  # good samples rejected
+    escape: RateEvidence | None = None  # labelled defects passed
+    auroc: float | None = None  # image AUROC of good vs labelled defects
+    pixel_method: str = ""  # "mask-best-f1", "good-pixel-quantile", "kept", ...
 
 
 class Provenance(Strict, kw_only=True):
