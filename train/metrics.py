@@ -144,9 +144,9 @@ def pixel_metrics(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = AUPRO_
     n_anomalous = int(masks.sum())
     if n_anomalous == 0 or n_anomalous == masks.size:
         return PixelMetrics(pixel_auroc=None, aupro=None, n_regions=n_regions)
-    order, _, ends = _tie_groups(maps.ravel())
+    order, ranked, ends = _tie_groups(maps.ravel())
     region_sorted = regions.ravel()[order]  # (P,) int32 region id of each pixel, in score order
-    del order, regions
+    del order, ranked, regions  # the sweep below needs only region ids and group ends
     fpr, tpr = _roc_points(region_sorted > 0, ends)
     pixel_auroc = float(_trapezoid(tpr, fpr))
     # Each pixel of region r adds 1 / (R * |r|) to PRO once the threshold drops below its score.
