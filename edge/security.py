@@ -192,6 +192,8 @@ def load_public_key(file: str | Path) -> bytes:
 def load_allowed_keys(location: str | Path) -> frozenset[bytes]:
     """Client public keys from a folder of *.key files, or from one file (a certificate, or Z85 keys one a line).
 
+In a key-per-line file, lines starting with '#' and text after a key and a space are comments.
+
     An empty allow-list is refused: with CURVE on it would lock every client out without a word.
     """
     path = Path(location)
@@ -205,9 +207,12 @@ def load_allowed_keys(location: str | Path) -> frozenset[bytes]:
             keys.add(load_public_key(path))
         else:
             for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    keys.add(_check_z85(line, f"{path}:{n}"))
+                # '#' is a Z85 character, so a comment is a line whose first word is not 40 long and
+                # starts with '#'; anything after the key and a space is a comment too.
+                words = line.split()
+                if not words or (len(words[0]) != 40 and words[0].startswith("#")):
+                    continue
+                keys.add(_check_z85(words[0], f"{path}:{n}"))
     if not keys:
         raise UserError(f"allow-list {path} holds no client public keys; copy the clients' NAME.key files into it")
     return frozenset(keys)

@@ -79,7 +79,7 @@ def test_allow_list_folder_file_and_errors(tmp_path, keys):
     assert load_allowed_keys(keys["allow_dir"]) == {k}
     listing = tmp_path / "clients.txt"
     other = load_key_pair(keys["unknown"].secret).public
-    listing.write_text(f"# line 1 adapters\n{k.decode()}\n\n{other.decode()}  # spare HMI\n")
+    listing.write_text(f"# line 1 adapters\n#no-space comment\n{k.decode()}\n\n  {other.decode()}  # spare HMI\n")
     assert load_allowed_keys(listing) == {k, other}
     assert load_allowed_keys(keys["allowed"].public) == {k}  # a single certificate works too
     (tmp_path / "empty").mkdir()
