@@ -1,0 +1,112 @@
+"""`ssae edge tap` through typer's CliRunner against a real publisher on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+from wirepub import WirePublisher
+
+from ssae import app
+from edge.tap import run_tap
+from edge.wire import CameraHealth, MaskInfo
+
+
+def publish_in_background(pub, script, subscriptions=2):
+    """Run script(pub) in a thread once the tap has subscribed; returns the thread (join it)."""
+    errors = []
+
+    def body():
+        try:
+            pub.wait_for_subscribers(subscriptions, timeout_s=10)
+            script(pub)
+        except Exception as e:  # surfaced by the test through `errors`
+            errors.append(e)
+
+    t = threading.Thread(target=body, name="test-publisher", daemon=True)
+    t.start()
+    return t, errors
+
+
+def defect_mask():
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 5:10] = 255
+    return mask
+
+
+def stream(pub):
+    pub.health(0, cameras=[CameraHealth(camera="cam1", state="streaming", fps=12.5, frames_judged=3)])
+    pub.frame("cam1", 0)
+    pub.frame("cam1", 1, verdict="defect", score=0.9, mask=defect_mask().tobytes(),
+              mask_info=MaskInfo(encoding="raw", height_px=16, width_px=16),
+              regions=[dict(x=5, y=4, w=5, h=4, area_px=20, peak_score=0.9)])
+    pub.frame("cam1", 5, dropped=1)  # seq 2..4 missing, one reported as dropped: 2 lost
+
+
+def test_tap_prints_frames_warns_on_gaps_and_saves_defects(tmp_path):
+    with WirePublisher() as pub:
+        thread, errors = publish_in_background(pub, stream)
+        result = CliRunner().invoke(app, ["edge", "tap", pub.endpoint, "--frames", "3", "--timeout", "10", "--save", str(tmp_path)])
+        thread.join(timeout=5)
+    assert not errors, errors
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "health d1 #0" in out and "cam1 streaming 12.5fps" in out
+    lines = [line for line in out.splitlines() if line.startswith("cam1 ")]
+    assert len(lines) == 3
+    assert "seq=1 defect" in lines[1] and "regions=1" in lines[1] and "latency=" in lines[1]
+    assert "dropped=1" in lines[2]
+    assert "cam1 lost 2 frame(s) before seq 5" in result.stderr
+    assert "3 frames (ok 2, defect 1, unknown 0)" in result.stderr
+    png = cv2.imread(str(tmp_path / "cam1-0000000001.png"))
+    assert png is not None and png.shape[0] >= 256
+    assert (png[..., 2] > 200).any()  # red mask pixels are drawn
+    header = json.loads((tmp_path / "cam1-0000000001.json").read_text())
+    assert header["verdict"] == "defect" and header["regions"][0]["area_px"] == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam1-0000000001.json", "cam1-0000000001.png"]
+
+
+def test_tap_times_out_with_exit_1_and_warns_about_heartbeats():
+    with WirePublisher() as pub:
+        thread, errors = publish_in_background(pub, lambda p: p.health(0, period_s=0.1))
+        started = time.monotonic()
+        result = CliRunner().invoke(app, ["edge", "tap", pub.endpoint, "--timeout", "1"])
+        thread.join(timeout=5)
+    assert not errors, errors
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 10
+    assert "no heartbeat from d1" in result.stderr
+    assert "no message for 1 s" in result.stderr
+
+
+def test_tap_bad_endpoint_is_one_line_exit_2():
+    result = CliRunner().invoke(app, ["edge", "tap", "nonsense", "--timeout", "1"])
+    assert result.exit_code == 2
+    assert "error:" in result.stderr and "Traceback" not in result.output
+
+
+def test_run_tap_library_counts_and_stops_on_request():
+    lines, warnings = [], []
+    with WirePublisher() as pub:
+        thread, errors = publish_in_background(pub, lambda p: [p.frame("cam1", i, verdict="unknown") for i in range(4)], subscriptions=1)
+        summary = run_tap(pub.endpoint, frames=4, timeout_s=10, health=False, emit=lines.append, warn=warnings.append)
+        thread.join(timeout=5)
+    assert not errors, errors
+    assert summary.stopped == "frames" and summary.verdicts["unknown"] == 4 and summary.tally.lost == 0
+    assert summary.latency_p50_ms is not None and len(lines) == 4 and not warnings
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_render_defect_without_or_with_mask(with_mask):
+    from edge.tap import render_defect
+    from edge.wire import FrameHeader, Region
+
+    header = FrameHeader(schema_version=1, camera="c", seq=3, capture_ns=0, publish_ns=0, score=1.0, threshold=0.5,
+                         verdict="defect", model_id="m", regions=[Region(x=2, y=3, w=4, h=5, area_px=12, peak_score=1.0)])
+    img = render_defect(header, defect_mask() if with_mask else None)
+    assert img.ndim == 3 and max(img.shape[:2]) >= 256
