@@ -36,6 +36,10 @@ def tap(
     ] = None,
     camera: Annotated[list[str] | None, typer.Option("--camera", help="Only these cameras (repeat); default all.")] = None,
     no_health: Annotated[bool, typer.Option("--no-health", help="Do not print or watch heartbeats.")] = False,
+    client_key: Annotated[
+        Path | None, typer.Option("--client-key", help="CURVE: this client's NAME.key_secret (from `ssae edge keys`).")
+    ] = None,
+    server_key: Annotated[Path | None, typer.Option("--server-key", help="CURVE: the daemon's public NAME.key.")] = None,
 ) -> None:
     """Print one line per frame (camera, seq, verdict, score, threshold, capture->receive latency, regions).
 
@@ -45,14 +49,28 @@ def tap(
     from edge.tap import format_summary, run_tap
 
     with known_errors():
+        configure = _curve_hook(client_key, server_key)
         try:
             summary = run_tap(endpoints, save_dir=save, frames=frames, timeout_s=timeout, cameras=camera or None,
-                              health=not no_health, emit=_out, warn=_err)
+                              health=not no_health, configure=configure, emit=_out, warn=_err)
         except ValueError as e:  # a malformed endpoint
             raise fail(str(e)) from None
     _err(format_summary(summary))
     if summary.stopped == "timeout":
         raise fail(f"no message for {timeout:g} s from {', '.join(endpoints)}; is the daemon running and publishing there?", code=1)
+
+
+def _curve_hook(client_key: Path | None, server_key: Path | None):
+    """A socket hook for CURVE when both key files are given (loaded now, so a bad file fails before connecting)."""
+    if client_key is None and server_key is None:
+        return None
+    if client_key is None or server_key is None:
+        raise fail("CURVE needs both --client-key (your NAME.key_secret) and --server-key (the daemon's NAME.key)")
+    from edge.security import load_key_pair, load_public_key
+    from edge.subscriber import curve_client
+
+    keys = load_key_pair(client_key)
+    return curve_client(load_public_key(server_key), keys.public, keys.secret)
 
 
 def register(app: typer.Typer) -> None:

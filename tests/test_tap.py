@@ -110,3 +110,30 @@ def test_render_defect_without_or_with_mask(with_mask):
                          verdict="defect", model_id="m", regions=[Region(x=2, y=3, w=4, h=5, area_px=12, peak_score=1.0)])
     img = render_defect(header, defect_mask() if with_mask else None)
     assert img.ndim == 3 and max(img.shape[:2]) >= 256
+
+
+def test_tap_over_curve_with_key_files(tmp_path):
+    import zmq
+
+    from edge.security import create_key_pair, load_key_pair
+
+    if not zmq.has("curve"):
+        pytest.skip("libzmq built without CURVE")
+    server = create_key_pair(tmp_path, "daemon")
+    client = create_key_pair(tmp_path, "tap")
+    server_keys = load_key_pair(server.secret)
+
+    def as_server(sock):
+        sock.curve_server = True
+        sock.curve_secretkey = server_keys.secret
+
+    with WirePublisher(configure=as_server) as pub:
+        thread, errors = publish_in_background(pub, lambda p: p.frame("cam1", 0), subscriptions=1)
+        result = CliRunner().invoke(app, ["edge", "tap", pub.endpoint, "--frames", "1", "--timeout", "10", "--no-health",
+                                          "--client-key", str(client.secret), "--server-key", str(server.public)])
+        thread.join(timeout=5)
+    assert not errors, errors
+    assert result.exit_code == 0, result.output
+    assert "cam1 seq=0 ok" in result.stdout
+    half = CliRunner().invoke(app, ["edge", "tap", pub.endpoint, "--client-key", str(client.secret)])
+    assert half.exit_code == 2 and "--server-key" in half.stderr
