@@ -33,3 +33,9 @@ def fit(
 
         cfg = load_config(config, recipe, steps=steps, image_size=image_size, seed=seed, threads=threads)
         run_fit(data, out, cfg, category=category, resume=resume, progress=progress)
+
+
+# --- evaluation: `ssae train eval` (train/cli_eval.py) -------------------------------------------
+from train import cli_eval  # noqa: E402  (registers onto the app above)
+
+cli_eval.register(app)
