@@ -1,0 +1,88 @@
+"""Pieces of `ssae edge bench` on tiny inputs: raw timing, the subscriber process, the report and its section."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import msgspec
+import pytest
+from wirepub import WirePublisher
+
+from edge.bench import (
+    BenchResult,
+    RawResult,
+    RunResult,
+    SinkRecord,
+    format_markdown,
+    make_frames,
+    measure_raw,
+    run_sink,
+    write_section,
+    write_video,
+)
+
+
+def test_measure_raw_on_tiny_bundle(tiny_bundle):
+    raw = measure_raw(tiny_bundle, make_frames(4, 32), batches=(1, 4), measure_s=0.05)
+    assert set(raw.per_batch) == {1, 4} and all(v > 0 for v in raw.per_batch.values())
+    assert raw.best_fps == max(raw.per_batch.values()) and raw.single_frame_ms > 0
+
+
+def test_video_is_readable(tmp_path):
+    import cv2
+
+    path = write_video(tmp_path / "v.avi", make_frames(5, 32))
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 5
+
+
+def test_sink_process_records_every_frame(tmp_path):
+    out = tmp_path / "sink.msgpack"
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    with WirePublisher() as pub:
+        sink = ctx.Process(target=run_sink, args=(pub.endpoint, 5, str(out), stop, 20.0), daemon=True)
+        sink.start()
+        try:
+            pub.wait_for_subscribers(2, timeout_s=30)
+            for seq in (0, 1, 2, 5, 6):
+                pub.frame("cam0", seq, dropped=2 if seq == 5 else 0)
+            sink.join(timeout=30)
+        finally:
+            stop.set()
+            sink.join(timeout=5)
+            if sink.is_alive():
+                sink.terminate()
+    rec = msgspec.msgpack.decode(out.read_bytes(), type=SinkRecord)
+    assert rec.seq == [0, 1, 2, 5, 6] and rec.dropped == 2 and rec.lost == 0 and not rec.error
+
+
+def result(ratio_fps=19.0) -> BenchResult:
+    run = RunResult(frames=600, lost=0, dropped=0, fps=ratio_fps, latency_p50_ms=60.0, latency_p99_ms=90.0, peak_rss_mb=180.0, exit_code=0)
+    return BenchResult(command="ssae edge bench", date="2026-01-01T00:00+00:00", cpu="Test CPU", cores=2, onnxruntime="1.x",
+                       bundle="/tmp/b", size_px=256, raw=RawResult(per_batch={1: 15.0, 2: 20.0}, best_batch=2, best_fps=20.0,
+                                                                   single_frame_ms=66.0, threads=2),
+                       throughput=run, latency=run, latency_pace_fps=7.5)
+
+
+def test_markdown_marks_targets():
+    text = format_markdown(result(19.0))
+    assert text.startswith("## Edge daemon\n") and "0.950 × raw" in text and "**missed**" not in text
+    assert "**missed**" in format_markdown(result(10.0))
+
+
+def test_write_section_replaces_only_its_own(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## Quality\n\nq table\n\n## Edge daemon\n\nold\n\n## GPU\n\ng table\n")
+    write_section(path, "## Edge daemon\n\nnew\n")
+    text = path.read_text()
+    assert "old" not in text and "new" in text and "q table" in text and "g table" in text
+    assert text.index("## Quality") < text.index("## Edge daemon") < text.index("## GPU")
+    fresh = tmp_path / "NEW.md"
+    write_section(fresh, "## Edge daemon\n\nx\n")
+    assert fresh.read_text().startswith("# Benchmarks\n\n## Edge daemon")
