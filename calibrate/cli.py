@@ -1,7 +1,124 @@
-"""`ssae calibrate …` commands."""
+"""`ssae calibrate …`: set and check thresholds on site. Thin commands: parse, call one function, print.
+
+The rules are documented in calibrate/rules.py and the README's "Calibration" section.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from edge.clitools import UserError, known_errors
+
 app = typer.Typer(no_args_is_help=True)
+
+REPORT_NAME = "calibration-report.png"
+
+TargetOpt = Annotated[
+    float, typer.Option("--target-false-reject", min=1e-9, max=0.5, help="Largest acceptable share of good parts rejected.")
+]
+ConfidenceOpt = Annotated[
+    float, typer.Option("--confidence", min=0.5, max=0.999999, help="How sure the false-reject bound must be (and the level of every bound reported).")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write a calibration that is refused (too few samples, defects scoring low, odd images); the reasons go into its note.")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help=f"Where to save the report PNG [default: BUNDLE/{REPORT_NAME}].")]
+ClientKeyOpt = Annotated[Path | None, typer.Option("--client-key", help="CURVE: this client's NAME.key_secret (from `ssae edge keys`).")]
+ServerKeyOpt = Annotated[Path | None, typer.Option("--server-key", help="CURVE: the daemon's public NAME.key.")]
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+@app.command()
+def fit(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (model.onnx + manifest.json); its manifest receives the calibration.")],
+    good: Annotated[list[Path], typer.Option("--good", help="Folder of good samples (repeat for several).")],
+    defect: Annotated[list[Path] | None, typer.Option("--defect", help="Folder of defective samples, or of one subfolder per defect type (repeat).")] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", help="Ground-truth masks of the defects (<type>/<name>_mask.png or <name>.png): fits the pixel threshold.")] = None,
+    target_false_reject: TargetOpt = 0.001,
+    confidence: ConfidenceOpt = 0.95,
+    rule: Annotated[str, typer.Option("--rule", help="frr: lowest threshold whose false-reject rate meets the target (highest recall); best-f1: needs --defect.")] = "frr",
+    report: ReportOpt = None,
+    force: ForceOpt = False,
+    crop: Annotated[str | None, typer.Option("--crop", help="The camera's crop X,Y,W,H from the edge config, so the scores match the line.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="Inference backend, as on the line.")] = "onnxruntime",
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Inference threads (0: all cores).")] = 0,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=256, help="Images per inference batch.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Score sample folders with the bundle, choose thresholds, write them into the manifest and save a report."""
+    with known_errors():
+        from calibrate.fit import FitOptions, fit_folders
+        from calibrate.report import write_report
+        from calibrate.store import store_calibration
+
+        if rule not in ("frr", "best-f1"):
+            raise UserError(f"--rule {rule!r} is unknown; use frr or best-f1")
+        options = FitOptions(
+            target_false_reject=target_false_reject, confidence=confidence, rule=rule, force=force,
+            crop=_parse_crop(crop), backend=backend, threads=threads, batch=batch, progress=not quiet,
+        )
+        result, model_id = fit_folders(bundle, good, defect or [], masks, options)
+        for line in result.warnings:
+            _warn(line)
+        report_path = report or bundle / REPORT_NAME
+        try:
+            write_report(report_path, result.calibration, result.good, result.defect, title=f"Calibration of {bundle.name} (model {model_id[:12]})")
+        except OSError as e:
+            raise UserError(f"cannot write the report {report_path} ({e}); choose another --report; the manifest is unchanged") from None
+        try:
+            manifest = store_calibration(bundle, result.calibration, model_id=model_id)
+        except OSError as e:  # disk full, read-only bundle: the atomic write left the old manifest as it was
+            raise UserError(f"cannot write {bundle / 'manifest.json'} ({e}); the previous calibration is intact") from None
+        _print_result(result.calibration, result.image_detail, result.pixel_detail)
+        print(f"\nwrote the calibration into {bundle / 'manifest.json'} ({len(manifest.history)} earlier in history); report: {report_path}")
+
+
+@app.command()
+def show(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """Print the bundle's current calibration and its history (oldest first)."""
+    with known_errors():
+        from calibrate.summary import format_table, one_line, summary_rows
+        from edge.manifest import read_manifest
+
+        manifest = read_manifest(bundle)
+        print(f"bundle {bundle}  model {manifest.model_id[:12]}  input {manifest.input.width_px}x{manifest.input.height_px}x{manifest.input.channels}")
+        cal = manifest.calibration
+        if cal is None:
+            print("no calibration: the daemon judges frames 'unknown' until one is fitted (`ssae calibrate fit`)")
+        else:
+            print("\ncurrent calibration")
+            print(format_table(summary_rows(cal)))
+            if cal.note:
+                print("notes:")
+                for part in cal.note.split(" | "):
+                    print(f"  - {part}")
+        print(f"\nhistory ({len(manifest.history)}, oldest first)")
+        for i, old in enumerate(manifest.history, 1):
+            print(f"{i:>3}. {one_line(old)}")
+
+
+def _print_result(cal, image_detail: str, pixel_detail: str) -> None:
+    from calibrate.summary import format_table, summary_rows
+
+    print(format_table(summary_rows(cal)))
+    print(f"\nimage threshold: {image_detail}")
+    print(f"pixel threshold: {pixel_detail}")
+
+
+def _parse_crop(text: str | None):
+    from edge.preprocess import Roi
+
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--crop {text!r} is not X,Y,W,H in pixels, e.g. --crop 100,40,512,512") from None
+    if min(x, y) < 0 or min(w, h) < 1:
+        raise UserError(f"--crop {text!r}: x and y must be >= 0 and the width and height >= 1")
+    return Roi(x, y, w, h)

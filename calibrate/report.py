@@ -1,0 +1,112 @@
+"""The calibration report: one PNG a quality engineer reads at a glance.
+
+Left: histograms of good and defective image scores with the threshold. Middle (with labelled
+defects): the ROC curve with the chosen operating point. Right: the summary table in words.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from calibrate import rules
+from calibrate.summary import summary_rows
+from edge.manifest import Calibration, atomic_write_bytes
+
+GOOD_COLOUR = "#2b7bba"
+DEFECT_COLOUR = "#d62728"
+
+
+def write_report(path: Path, calibration: Calibration, good: np.ndarray, defect: np.ndarray | None, *, title: str) -> Path:
+    """Render and write the report atomically (temp file + rename); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a line PC or in CI
+    import matplotlib.pyplot as plt
+
+    labelled = defect is not None and defect.size > 0
+    fig = plt.figure(figsize=(14, 10.5))
+    try:
+        grid = fig.add_gridspec(2, 2 if labelled else 1, height_ratios=[1.0, 0.85])
+        fig.suptitle(title, fontsize=15, fontweight="bold")
+        _histograms(fig.add_subplot(grid[0, 0]), calibration, good, defect if labelled else None)
+        if labelled:
+            _roc(fig.add_subplot(grid[0, 1]), calibration, good, defect)
+        _text(fig.add_subplot(grid[1, :]), calibration)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _histograms(ax, cal: Calibration, good: np.ndarray, defect: np.ndarray | None) -> None:
+    t = cal.image_threshold
+    values = np.concatenate([good, defect if defect is not None else [], [t]])
+    lo, hi = float(values.min()), float(values.max())
+    bins = np.linspace(lo, hi + (hi - lo) * 1e-6 + 1e-12, 50)
+    ax.hist(good, bins=bins, color=GOOD_COLOUR, alpha=0.6, label=f"good (n={good.size})")
+    if defect is not None:
+        ax.hist(defect, bins=bins, color=DEFECT_COLOUR, alpha=0.6, label=f"defect (n={defect.size})")
+    ax.axvline(t, color="black", linewidth=2, linestyle="--", label=f"threshold {t:.4g}")
+    ax.axvspan(t, bins[-1] + 0.1 * (bins[-1] - bins[0]), color=DEFECT_COLOUR, alpha=0.06)
+    span = bins[-1] - bins[0]
+    ax.set_xlim(bins[0] - 0.02 * span, bins[-1] + 0.1 * span)  # room for the "reject" label right of the line
+    ymax = ax.get_ylim()[1]
+    ax.text(t, ymax * 0.97, "  reject →", ha="left", va="top", fontsize=11, color=DEFECT_COLOUR)
+    ax.text(t, ymax * 0.97, "← pass  ", ha="right", va="top", fontsize=11, color=GOOD_COLOUR)
+    if good.size > 200:
+        ax.set_yscale("log")  # the tail above the bulk is what the threshold is about
+    ax.set_xlabel("image score (max of the anomaly map)")
+    ax.set_ylabel("images")
+    ax.set_title("Scores and threshold")
+    ax.legend(loc="best", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def _roc(ax, cal: Calibration, good: np.ndarray, defect: np.ndarray) -> None:
+    fpr, tpr = rules.roc_curve(good, defect)
+    ax.plot(fpr, tpr, color=DEFECT_COLOUR, linewidth=2, label=f"ROC (AUROC {rules.auroc(good, defect):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    t = cal.image_threshold
+    op_fr, op_recall = np.mean(good > t), np.mean(defect > t)
+    ax.plot([op_fr], [op_recall], "o", color="black", markersize=9, label=f"threshold: false-reject {op_fr:.2%}, recall {op_recall:.1%}")
+    if cal.target_false_reject is not None:
+        ax.axvline(cal.target_false_reject, color=GOOD_COLOUR, linestyle="--", linewidth=1, label=f"target false-reject {cal.target_false_reject:g}")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("false-reject rate (good parts rejected)")
+    ax.set_ylabel("recall (defective parts caught)")
+    ax.set_title("ROC on the labelled samples")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _text(ax, cal: Calibration) -> None:
+    ax.axis("off")
+    forced = [part for part in cal.note.split(" | ") if part.startswith("forced:")]
+    extrapolated = "tail-extrapolation" in cal.method
+    if forced or extrapolated:
+        head, colour = "FORCED: written although refused (see notes)" if forced else "EXTRAPOLATED threshold: rests on a fitted tail", DEFECT_COLOUR
+    else:
+        head, colour = f"frames scoring above {cal.image_threshold:.4g} are rejected", "#1a7f37"
+    ax.text(0.0, 1.0, head, va="top", ha="left", fontsize=13, fontweight="bold", color=colour, transform=ax.transAxes)
+    lines = []
+    for what, value, evidence in summary_rows(cal):
+        lines.append(f"{what + ':':<19}{value}")
+        if evidence:
+            lines.extend(textwrap.wrap(evidence, width=110, initial_indent=" " * 19, subsequent_indent=" " * 19))
+    notes = [part for part in cal.note.split(" | ") if part]
+    if notes:
+        lines.append("notes:")
+        for part in notes:
+            lines.extend(textwrap.wrap(part, width=124, initial_indent="  - ", subsequent_indent="    "))
+    ax.text(0.0, 0.9, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=10,
+            bbox={"boxstyle": "round", "facecolor": "#f6f6f6", "edgecolor": "#999999"}, transform=ax.transAxes)
