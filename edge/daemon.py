@@ -1,0 +1,442 @@
+"""The edge daemon: cameras -> one batching inference worker -> post-processing -> ZeroMQ publisher.
+
+    capture-<cam> ──► queue (latest | all) ─┐
+    capture-<cam> ──► queue (latest | all) ─┼─► inference: fit_frame, backend.infer (batch across cameras),
+                                             │   judge (verdict, mask, regions) ──► publisher ──► XPUB
+                                             │                                  └─► archive (optional)
+    control (REP) ── reload / apply / status ┘          heartbeats on health.<name> every heartbeat_s
+
+The main thread supervises: sd_notify READY/WATCHDOG, SIGHUP reloads, and the stop: when every source
+is a finite file or folder that has ended, or on SIGTERM/SIGINT, capture stops first, then every frame
+already captured is judged and published (within drain_timeout_s), then the publisher flushes and closes.
+
+A reload (SIGHUP or control) loads and test-runs the new bundle fully on the side, then swaps it in
+between two batches; if anything fails the old model keeps running and the error is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+import numpy as np
+import zmq
+
+from edge.archive import Archive, Entry
+from edge.backend import Backend, open_backend
+from edge.bundle import Bundle, load_bundle
+from edge.capture import Capture, Frame
+from edge.clitools import UserError
+from edge.config import DaemonConfig, load_config
+from edge.control import ControlServer
+from edge.manifest import BundleError
+from edge.metrics import Metrics
+from edge.postprocess import Thresholds, encode_mask, judge, resolve_thresholds
+from edge.preprocess import FrameError, Roi, fit_frame
+from edge.publisher import Outgoing, Publisher
+from edge.sdnotify import Notifier
+from edge.security import start_server_security
+from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, FrameHeader, Health, MaskInfo, Reload, Reply, Request, Status
+
+log = logging.getLogger("edge.daemon")
+NAN = float("nan")
+
+
+class Model(NamedTuple):
+    """What the worker judges with; replaced whole, so a batch never mixes two models or thresholds."""
+
+    bundle: Bundle
+    backend: Backend
+    thresholds: Thresholds
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, *, config_path: str | Path | None = None):
+        self.cfg = cfg
+        self.config_path = Path(config_path) if config_path else None
+        self.bundle_path = cfg.bundle
+        self.config_thresholds = (cfg.image_threshold, cfg.pixel_threshold)  # re-read on SIGHUP
+        self.started = time.monotonic()
+        self.stop_event = threading.Event()
+        self.abort_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.model_lock = threading.Lock()
+        self.reload_lock = threading.Lock()
+        self.retired: list[Backend] = []
+        self.notify = threading.Event()
+        self.worker_beat = time.monotonic()
+        self.exit_code = 0
+        self.sd = Notifier()
+        self.metrics = Metrics(self.camera_health)
+        self.crops = {c.id: Roi(c.crop.x, c.crop.y, c.crop.w, c.crop.h) if c.crop else None for c in cfg.cameras}
+        self.resize = {c.id: c.resize for c in cfg.cameras}
+        self.judged = {c.id: 0 for c in cfg.cameras}  # written by the worker only
+        self.captures = [Capture(c, self.notify) for c in cfg.cameras]
+        self.model = self._load_model(self.bundle_path, *self.config_thresholds)
+        self.ctx = zmq.Context()
+        self.security = None
+        try:
+            self.security = start_server_security(self.ctx, cfg.security)  # the ZAP handler runs before any socket binds
+            secure = self.security
+            self.publisher = Publisher(self.ctx, cfg.publish, cfg.name, self.health, self.metrics, secure)
+            self.control = ControlServer(self.ctx, cfg.control, self.handle, secure) if cfg.control else None
+            self.archive = Archive(cfg.archive) if cfg.archive else None
+        except BaseException:
+            self.model.backend.close()
+            if self.security is not None:
+                self.security.stop()
+            self.ctx.destroy(linger=0)
+            raise
+        self.worker_stop = threading.Event()
+        self.worker = threading.Thread(name="inference", target=self._work, daemon=True)
+
+    # --- model loading ------------------------------------------------------------------------------
+    def _load_model(self, path: str, image: float | None, pixel: float | None, origin: str = "config", reuse: Model | None = None) -> Model:
+        """Load, verify and test-run a bundle; reuse the running backend when only the calibration changed."""
+        bundle = load_bundle(Path(path).expanduser())
+        thresholds = resolve_thresholds(bundle.manifest.calibration, image, pixel, origin)
+        if reuse is not None and reuse.bundle.model_id == bundle.model_id and reuse.bundle.path == bundle.path:
+            return Model(bundle, reuse.backend, thresholds)
+        try:
+            backend = open_backend(bundle, self.cfg.backend, threads=self.cfg.threads, max_batch=self.cfg.max_batch)
+        except ImportError as e:
+            raise UserError(f"backend = {self.cfg.backend!r} is not available here ({e}); install it or use backend = \"onnxruntime\"") from None
+        spec = bundle.manifest.input
+        try:
+            amap, score = backend.infer(np.zeros((1, spec.height_px, spec.width_px, spec.channels), np.uint8))
+            if amap.shape != (1, spec.height_px, spec.width_px) or score.shape != (1,):
+                raise ValueError(f"outputs {amap.shape} and {score.shape}, expected (1, {spec.height_px}, {spec.width_px}) and (1,)")
+        except Exception as e:
+            backend.close()
+            raise BundleError(f"bundle refused: a test inference on {path} failed ({e}); re-export the bundle") from e
+        return Model(bundle, backend, thresholds)
+
+    def _swap(self, model: Model) -> None:
+        with self.model_lock:
+            old, self.model = self.model, model
+            if old.backend is not model.backend:
+                self.retired.append(old.backend)  # closed by the worker between batches
+
+    def _current(self) -> Model:
+        with self.model_lock:
+            retired, self.retired = self.retired, []
+            model = self.model
+        for backend in retired:
+            backend.close()
+        return model
+
+    # --- reload / control -----------------------------------------------------------------------------
+    def reload(self, bundle: str | None = None, *, reread_config: bool = False) -> Reply:
+        """Re-read the bundle (and on SIGHUP the config's bundle and thresholds); swap only when all of it
+        loaded. Thresholds applied over control are replaced: a reload means "what is on disk now"."""
+        with self.reload_lock:
+            try:
+                path, thresholds = bundle or self.bundle_path, self.config_thresholds
+                if reread_config and self.config_path is not None:
+                    fresh = load_config(self.config_path)
+                    fixed = [f for f in fresh.__struct_fields__ if f not in ("bundle", "image_threshold", "pixel_threshold")]
+                    if changed := [f for f in fixed if getattr(fresh, f) != getattr(self.cfg, f)]:
+                        log.warning("reload: %s changed in %s; restart the daemon to apply that", ", ".join(changed), self.config_path)
+                    path, thresholds = bundle or fresh.bundle, (fresh.image_threshold, fresh.pixel_threshold)
+                model = self._load_model(path, *thresholds, reuse=self.model)
+            except (UserError, BundleError, OSError, ValueError) as e:
+                self.metrics.reload(False)
+                log.error("reload failed, the running model stays: %s", e)
+                return Reply(ok=False, message=f"reload failed, the running model stays: {e}", **self._in_force())
+            self.bundle_path, self.config_thresholds = path, thresholds
+            self._swap(model)
+            self.metrics.reload(True)
+            log.info("reloaded %s: model %s, thresholds %s", path, model.bundle.model_id[:12], _describe(model.thresholds))
+            return Reply(ok=True, message=f"reloaded {path}; thresholds {_describe(model.thresholds)}", **self._in_force())
+
+    def apply_thresholds(self, image: float, pixel: float | None) -> Reply:
+        if not (math.isfinite(image) and image >= 0) or (pixel is not None and not (math.isfinite(pixel) and pixel >= 0)):
+            return Reply(ok=False, message=f"thresholds must be finite and >= 0 (got image {image}, pixel {pixel}); nothing changed", **self._in_force())
+        with self.reload_lock:
+            current = self.model
+            thresholds = resolve_thresholds(current.bundle.manifest.calibration, image, pixel, "control")
+            self._swap(Model(current.bundle, current.backend, thresholds))
+        log.info("thresholds applied over control: %s", _describe(thresholds))
+        return Reply(ok=True, message=f"applied; thresholds {_describe(thresholds)}", **self._in_force())
+
+    def handle(self, request: Request) -> Reply:
+        match request:
+            case Reload(bundle=bundle):
+                return self.reload(bundle)
+            case ApplyThresholds(image_threshold=image, pixel_threshold=pixel):
+                return self.apply_thresholds(image, pixel)
+            case Status():
+                cams = "; ".join(f"{c.camera} {c.state} {c.frames_judged} judged {c.frames_dropped} dropped" for c in self.camera_health())
+                return Reply(ok=True, message=f"{_describe(self.model.thresholds)}; {cams}", **self._in_force())
+        return Reply(ok=False, message=f"unknown request {request!r}")
+
+    def _in_force(self) -> dict:
+        m = self.model
+        t = m.thresholds
+        return dict(model_id=m.bundle.model_id, image_threshold=NAN if t.image is None else t.image, pixel_threshold=NAN if t.pixel is None else t.pixel)
+
+    # --- health -----------------------------------------------------------------------------------------
+    def camera_health(self) -> list[CameraHealth]:
+        return [msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.judged[c.cfg.id]) for c in self.captures]
+
+    def health(self) -> Health:
+        m = self.model
+        return Health(
+            schema_version=SCHEMA_VERSION, daemon=self.cfg.name, seq=0, time_ns=0, period_s=self.cfg.publish.heartbeat_s,
+            uptime_s=round(time.monotonic() - self.started, 3), backend=m.backend.name, model_id=m.bundle.model_id,
+            image_threshold=NAN if m.thresholds.image is None else m.thresholds.image, cameras=self.camera_health(),
+        )
+
+    # --- the inference worker -------------------------------------------------------------------------
+    def _work(self) -> None:
+        turn = 0
+        try:
+            while True:
+                self.worker_beat = time.monotonic()
+                batch = self._gather(turn)
+                turn += 1
+                if batch:
+                    self._judge(batch)
+                elif self.worker_stop.is_set() and all(c.queue.empty() for c in self.captures):
+                    return
+        except Exception:
+            log.exception("inference worker failed")
+            self.exit_code = 1
+            self.stop_event.set()
+
+    def _gather(self, turn: int) -> list[Frame]:
+        """Up to max_batch frames, one per camera per sweep (fair across cameras), without waiting for more
+        than batch_wait_ms once the first frame is in hand."""
+        batch: list[Frame] = []
+        n = len(self.captures)
+        deadline = None
+        while len(batch) < self.cfg.max_batch:
+            self.notify.clear()  # cleared before the sweep: a put after it sets it again, none is missed
+            got = False
+            for k in range(n):
+                capture = self.captures[(turn + k) % n]
+                try:
+                    batch.append(capture.queue.get_nowait())
+                    got = True
+                except queue.Empty:
+                    continue
+                if len(batch) == self.cfg.max_batch:
+                    return batch
+            if got:
+                continue
+            if not batch:
+                if self.worker_stop.is_set() or not self.notify.wait(0.05):
+                    return batch
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.notify.wait(remaining):
+                return batch
+        return batch
+
+    def _judge(self, batch: list[Frame]) -> None:
+        model = self._current()
+        spec, m = model.bundle.manifest.input, self.metrics
+        now_ns = time.time_ns()
+        t0 = time.perf_counter()
+        inputs, rois, reasons = [], {}, {}
+        for i, frame in enumerate(batch):
+            m.stage["queue_wait"].observe(max(0, now_ns - frame.capture_ns) / 1e9)
+            try:
+                x, rois[i] = fit_frame(frame.image, spec, self.crops[frame.camera], self.resize[frame.camera])
+                inputs.append(x)
+            except FrameError as e:
+                reasons[i] = f"frame not judged: {e}"
+        t1 = time.perf_counter()
+        m.stage["preprocess"].observe(t1 - t0)
+        judged_idx = [i for i in range(len(batch)) if i not in reasons]
+        amaps = scores = None
+        if inputs:
+            try:
+                amaps, scores = model.backend.infer(np.stack(inputs))
+            except Exception as e:  # the backend failing on one batch must not stop the line
+                log.exception("inference failed on a batch of %d", len(inputs))
+                reasons.update({i: f"backend error: {type(e).__name__}: {e}" for i in judged_idx})
+                judged_idx = []
+            m.batch.observe(len(inputs))
+        t2 = time.perf_counter()
+        m.stage["infer"].observe(t2 - t1)
+        row = {i: k for k, i in enumerate(judged_idx)}
+        for i, frame in enumerate(batch):
+            if i in row:
+                self._publish(frame, model, amaps[row[i]], float(scores[row[i]]), rois[i])
+            else:
+                self._publish_unknown(frame, model, reasons[i])
+        m.stage["postprocess"].observe(time.perf_counter() - t2)
+
+    def _publish(self, frame: Frame, model: Model, amap: np.ndarray, score: float, roi: Roi) -> None:
+        t = model.thresholds
+        verdict, regions, mask, reason = judge(amap, score, t, min_region_px=self.cfg.postprocess.min_region_px, max_regions=self.cfg.postprocess.max_regions)
+        encoding = self.cfg.publish.mask if mask is not None else "none"
+        mask_info = MaskInfo(encoding=encoding, height_px=amap.shape[0], width_px=amap.shape[1], roi_x=roi.x, roi_y=roi.y, roi_w=roi.w, roi_h=roi.h)
+        header = self._header(frame, model, score, verdict, regions, mask_info, reason)
+        self._send(frame, header, encode_mask(mask, encoding), mask)
+
+    def _publish_unknown(self, frame: Frame, model: Model, reason: str) -> None:
+        header = self._header(frame, model, NAN, "unknown", [], MaskInfo(), reason)
+        self._send(frame, header, b"", None)
+
+    def _header(self, frame: Frame, model: Model, score, verdict, regions, mask_info, reason) -> FrameHeader:
+        t = model.thresholds
+        return FrameHeader(
+            schema_version=SCHEMA_VERSION, camera=frame.camera, seq=frame.seq, capture_ns=frame.capture_ns, publish_ns=0,
+            score=score, threshold=NAN if t.image is None else t.image, verdict=verdict, model_id=model.bundle.model_id,
+            regions=regions, mask=mask_info, reason=reason, pixel_threshold=NAN if t.pixel is None else t.pixel, source=frame.source,
+        )
+
+    def _send(self, frame: Frame, header: FrameHeader, mask_bytes: bytes, mask: np.ndarray | None) -> None:
+        self.publisher.submit(Outgoing(header, mask_bytes, time.monotonic()))
+        self.judged[frame.camera] += 1
+        self.metrics.judged(frame.camera, header.verdict)
+        if self.archive is not None and self.archive.wants(header.verdict):
+            self.archive.submit(Entry(frame.image, mask, header))
+
+    # --- lifetime ---------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: drain and exit; a second request gives up the drain."""
+        if self.stop_event.is_set():
+            self.abort_event.set()
+        self.stop_event.set()
+
+    def request_reload(self) -> None:
+        self.reload_event.set()
+
+    def run(self) -> int:
+        """Start everything, supervise until stopped or all sources ended, drain; returns the exit code."""
+        try:
+            self.start()
+            self._supervise()
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if cfg.metrics.port is not None:
+            port = self.metrics.serve(cfg.metrics.port, cfg.metrics.host)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
+        for part in (self.publisher, self.control, self.archive):
+            if part is not None:
+                part.start()
+        self.worker.start()
+        m = self.model
+        log.info(
+            "daemon %s: bundle %s (model %s, %s), thresholds %s; publishing on %s%s",
+            cfg.name, self.bundle_path, m.bundle.model_id[:12], m.backend.name, _describe(m.thresholds), ", ".join(self.publisher.endpoints),
+            f"; control on {self.control.endpoints[0]}" if self.control else "",
+        )
+        if cfg.publish.wait_for_subscriber_s > 0:
+            self._wait_for_subscriber(cfg.publish.wait_for_subscriber_s)
+        for capture in self.captures:
+            capture.start()
+        self.sd.ready(f"inspecting {len(self.captures)} camera(s)")
+
+    def _wait_for_subscriber(self, timeout_s: float) -> None:
+        log.info("waiting up to %g s for a subscriber before capturing", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not self.publisher.subscribed.wait(0.05):
+            if self.stop_event.is_set():
+                return
+            if time.monotonic() > deadline:
+                log.warning("no subscriber joined within %g s; capturing anyway", timeout_s)
+                return
+
+    def _supervise(self) -> None:
+        next_ping = time.monotonic()
+        while not self.stop_event.wait(0.1):
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                threading.Thread(name="reload", target=self.reload, kwargs={"reread_config": True}, daemon=True).start()
+            if all(c.done for c in self.captures):
+                failed = [c.cfg.id for c in self.captures if c.stats.state == "failed"]
+                if failed:
+                    log.error("every camera has stopped; failed: %s", ", ".join(failed))
+                    self.exit_code = 1
+                else:
+                    log.info("every source has ended; draining and exiting")
+                return
+            if not (self.worker.is_alive() and self.publisher.thread.is_alive()):
+                log.error("a pipeline thread died; stopping")
+                self.exit_code = 1
+                return
+            if self.sd.watchdog_s is not None and time.monotonic() >= next_ping:
+                if time.monotonic() - self.worker_beat < 2 * self.sd.watchdog_s:  # a hung worker earns no ping
+                    self.sd.watchdog()
+                next_ping = time.monotonic() + self.sd.watchdog_s
+
+    def shutdown(self) -> None:
+        """Capture stops, what was captured is judged and published, the publisher flushes; bounded by drain_timeout_s."""
+        self.sd.stopping("draining")
+        deadline = time.monotonic() + (1.0 if self.abort_event.is_set() else self.cfg.drain_timeout_s)
+        remaining = lambda: max(0.05, deadline - time.monotonic())  # noqa: E731
+        for capture in self.captures:
+            capture.stop()
+        for capture in self.captures:
+            if not capture.join(remaining()) or self.abort_event.is_set():
+                capture.abort()
+        self.worker_stop.set()
+        if self.worker.ident is not None:
+            self.worker.join(remaining())
+        clean = not self.worker.is_alive()
+        if self.archive is not None:
+            self.archive.stop()
+            clean &= self.archive.join(remaining())
+        self.publisher.stop()
+        clean &= self.publisher.join(remaining() + self.cfg.publish.linger_ms / 1000)
+        if self.control is not None:
+            self.control.stop()
+            clean &= self.control.join(1.0)
+        if not clean:
+            log.error("drain did not finish within %g s; frames still in flight were lost", self.cfg.drain_timeout_s)
+            self.exit_code = self.exit_code or 1
+        else:
+            for backend in [*self.retired, self.model.backend]:
+                backend.close()
+        self.metrics.close()
+        if self.security is not None:
+            self.security.stop()  # after the sockets it authenticates are closed
+        if clean:
+            self.ctx.term()
+        else:
+            self.ctx.destroy(linger=0)  # a thread still holds a socket: don't wait for it
+        totals = ", ".join(f"{c.camera}: {c.frames_captured} captured, {c.frames_judged} judged, {c.frames_dropped} dropped" for c in self.camera_health())
+        log.info("stopped (%s; %d messages sent, %d dropped at publish)", totals, self.publisher.sent, self.publisher.dropped)
+
+
+def serve(cfg: DaemonConfig, config_path: str | Path | None = None) -> int:
+    """Run a daemon in the main thread with the signals systemd and a terminal send; returns the exit code.
+
+    SIGTERM / SIGINT: drain and exit (a second one gives up the drain). SIGHUP: reload bundle and thresholds.
+    """
+    import signal
+
+    daemon = Daemon(cfg, config_path=config_path)
+    handlers = {
+        signal.SIGTERM: lambda *_: daemon.request_stop(),
+        signal.SIGINT: lambda *_: daemon.request_stop(),
+        signal.SIGHUP: lambda *_: daemon.request_reload(),
+    }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        return daemon.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _describe(t: Thresholds) -> str:
+    if t.image is None:
+        return "none (uncalibrated: verdicts are unknown)"
+    return f"image {t.image:.6g}, pixel {t.pixel:.6g} ({t.origin})"
