@@ -152,7 +152,7 @@ def fit_folders(bundle_dir: Path, good_dirs: Sequence[Path], defect_dirs: Sequen
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise UserError(f"masks folder {masks_dir} does not exist; pass the ground_truth folder of the defect images")
     good_paths = [p for d in good_dirs for p in list_images(d, role="good")]
-    defect_paths = [p for d in defect_dirs for p in list_images(d, role="defect", exclude_good=True)]
+    defect_paths = [p for d in defect_dirs for p in list_images(d, role="defect", by_type=True)]
     if options.rule == "frr" and not options.force and len(good_paths) < rules.min_good_samples(options.target_false_reject, options.confidence):
         # Refuse before minutes of scoring: no outcome of the scores could change this.
         raise CalibrationRefused(f"calibration refused, nothing written: {too_few_goods(len(good_paths), options)}")

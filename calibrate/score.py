@@ -38,8 +38,11 @@ class Scored(msgspec.Struct, frozen=True, kw_only=True):
     odd_sizes: list[str] = []  # "path: WxHxC" for images whose size differs from the first (only with allow_mixed)
 
 
-def list_images(folder: Path, *, role: str, exclude_good: bool = False) -> list[Path]:
-    """Images directly in folder, or else in its immediate subfolders (one per defect type), sorted."""
+def list_images(folder: Path, *, role: str, by_type: bool = False) -> list[Path]:
+    """Images directly in folder, sorted; with by_type (defects) else those of its subfolders, one per defect type.
+
+    Good samples are never gathered from subfolders: a test/ folder passed as good would mix defects in.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{role} folder {folder} does not exist or is not a folder; pass a folder of images")
@@ -47,7 +50,10 @@ def list_images(folder: Path, *, role: str, exclude_good: bool = False) -> list[
     if direct:
         return direct
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
-    if exclude_good and any(p.name == "good" for p in subfolders):
+    if not by_type:
+        hint = f"; did you mean {folder / 'good'}?" if (folder / "good").is_dir() else "; point it at a folder of good images"
+        raise UserError(f"{role} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) directly{hint}")
+    if any(p.name == "good" for p in subfolders):
         raise UserError(
             f"{role} folder {folder} holds a good/ subfolder; pass only defect folders (e.g. {folder}/<defect type>), "
             "and the good samples with --good"
