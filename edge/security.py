@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -235,6 +236,17 @@ def secure_client_socket(sock: zmq.Socket, client_keys: KeyPair, server_public: 
     sock.curve_serverkey = server_public
 
 
+def client_secure(cfg: ClientSecurityConfig) -> Callable[[zmq.Socket, str], None] | None:
+    """A `(socket, role)` hook for clients (edge.control.send_request's `secure=`); None when CURVE is off.
+
+    Keys are read now, so a missing file fails before any socket exists.
+    """
+    if not cfg.curve:
+        return None
+    keys, server = load_key_pair(cfg.client_secret_key), load_public_key(cfg.server_public_key)
+    return lambda sock, role="": secure_client_socket(sock, keys, server)
+
+
 def apply_client_security(sock: zmq.Socket, cfg: ClientSecurityConfig) -> None:
     """Load the configured keys and secure `sock` when cfg.curve; a no-op otherwise. Call before connect."""
     if cfg.curve:
@@ -319,6 +331,10 @@ class ServerSecurity:
         self.auth = auth
 
     def secure(self, sock: zmq.Socket) -> None:
+        secure_server_socket(sock, self.keys)
+
+    def __call__(self, sock: zmq.Socket, role: str = "") -> None:
+        """The `edge.sockets.Secure` hook: pass the object itself as `secure=` to open_bound."""
         secure_server_socket(sock, self.keys)
 
     def stop(self) -> None:
