@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -132,8 +133,11 @@ def test_sigterm_leaves_plc_fail_safe(tmp_path):
         text = text.replace(old, new, 1)
     cfg = tmp_path / "adapter.toml"
     cfg.write_text(text)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("NOTIFY_SOCKET", None)
+    # Stand in for systemd's notify socket: the unit is Type=notify with WatchdogSec.
+    notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_sock.bind(str(tmp_path / "notify"))
+    notify_sock.settimeout(0.1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
     proc = subprocess.Popen([sys.executable, "-m", "ssae", "adapter", "modbus", str(cfg)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: plc.value("coil", UNAVAILABLE) == 0, timeout_s=30, what="adapter process reports available")
@@ -141,6 +145,13 @@ def test_sigterm_leaves_plc_fail_safe(tmp_path):
         wait_for(lambda: len(plc.pulses(REJECT)) == 1, what="pulse from the process")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+        states = []
+        while True:
+            try:
+                states += notify_sock.recv(4096).decode().splitlines()
+            except TimeoutError:
+                break
+        assert states[0] == "READY=1" and "WATCHDOG=1" in states and states[-1] == "STOPPING=1", states
         assert plc.value("coil", UNAVAILABLE) == 1
         assert plc.value("reg", STATUS) & STATUS_BITS["adapter_stopped"]
         assert plc.value("coil", REJECT) == 0  # reject_all_when_unavailable = false in the example
@@ -153,4 +164,5 @@ def test_sigterm_leaves_plc_fail_safe(tmp_path):
         daemon.close()
         plc.stop()
         ctx.destroy(linger=0)
+        notify_sock.close()
     assert "Traceback" not in stderr, stderr
