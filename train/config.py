@@ -24,7 +24,7 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     recipe: RecipeName = "default"
     seed: int = 0
     image_size: Annotated[int, Meta(ge=16, le=4096)] | None = None  # None: the images' own size
-    steps: Annotated[int, Meta(ge=1)] = 2400
+    steps: Annotated[int, Meta(ge=1)] = 2000
     batch_size: Annotated[int, Meta(ge=1, le=1024)] = 16
     lr: Annotated[float, Meta(gt=0)] = 2e-3
     lr_final_frac: Annotated[float, Meta(ge=0, le=1)] = 0.02
@@ -40,7 +40,7 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     holdout: Annotated[float, Meta(ge=0, lt=0.5)] = 0.1
     smooth_sigma_px: Annotated[float, Meta(ge=0)] = 0.0  # 0: auto, width / 64 (at least 1 px)
     checkpoint_every: Annotated[int, Meta(ge=1)] = 200
-    time_budget_min: Annotated[float, Meta(ge=0)] = 0.0  # 0: no budget
+    time_budget_min: Annotated[float, Meta(ge=0)] = 19.0  # 0: no budget
     threads: Annotated[int, Meta(ge=0)] = 0  # 0: all cores
     channels_last: bool = True
     corruption: CorruptionConfig = CorruptionConfig()

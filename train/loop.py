@@ -26,7 +26,7 @@ from train.config import TrainConfig
 from train.corrupt import corrupt
 from train.data import channel_stats, load_images, split_holdout, train_folder
 from train.export import InferenceGraph, code_version, export_bundle, now_iso, run_graph
-from train.model import FilterAE, count_params
+from train.model import FilterAE, ModelConfig, count_params
 
 CKPT_NAME = "ckpt.pt"
 
@@ -182,7 +182,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
         if rank == 0:
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
                                         "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                        "rng": rngs, "torch_rng": torch.get_rng_state(), "mean": mean, "std": std})
+                                        "rng": rngs, "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width})
 
     bar = None
     if progress and rank == 0:
@@ -242,3 +242,13 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if world > 1:
         torch.distributed.destroy_process_group()
     return out
+
+
+def graph_from_checkpoint(path: Path) -> InferenceGraph:
+    """Rebuild the exported chain from a checkpoint alone: the file carries its recipe."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = msgspec.convert(state["config"], type=TrainConfig)
+    net = FilterAE(msgspec.convert(state["config"]["model"], type=ModelConfig))
+    net.load_state_dict(state["model"])
+    width = state.get("width") or 0
+    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width))

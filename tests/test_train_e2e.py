@@ -1,0 +1,122 @@
+"""End to end: train a tiny model for a few steps, export, check ONNX Runtime against torch, evaluate.
+
+Also the bad-input paths of `ssae train fit` (one line, exit 2, nothing overwritten), resume and DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from edge.bundle import load_bundle
+from ssae import app
+from train.export import run_graph
+from train.loop import CKPT_NAME, graph_from_checkpoint, work_dir_for
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--steps", "6", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    cfg = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    cfg.write_text("batch_size = 4\nwarmup_steps = 2\ncheckpoint_every = 3\n[model]\nwidths = [8, 16, 16]\nbottleneck_blocks = 1\ndilations = [1, 2]\nskip_levels = 2\n")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tiny_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fit") / "bundle"
+    r = CliRunner().invoke(app, ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), *TINY])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_fit_exports_a_verified_bundle(trained):
+    bundle = load_bundle(trained)
+    m = bundle.manifest
+    assert (m.input.height_px, m.input.width_px, m.input.channels) == (32, 32, 3)
+    assert m.provenance.steps == 6 and m.provenance.category == "part" and m.provenance.recipe == "default"
+    assert m.provenance.recipe_config["batch_size"] == 4
+    assert m.calibration is not None and m.calibration.image_threshold > 0  # provisional, from the holdout
+    assert "model.pt2" in m.extras
+
+
+def test_onnx_runtime_matches_torch_on_the_same_frames(trained, tiny_dataset):
+    graph = graph_from_checkpoint(work_dir_for(trained) / CKPT_NAME)
+    frames = np.stack([cv2.imread(str(p)) for p in sorted((tiny_dataset / "part" / "test").rglob("*.png"))])
+    torch_map, torch_score = run_graph(graph, frames)
+    sess = ort.InferenceSession(str(trained / "model.onnx"), providers=["CPUExecutionProvider"])
+    ort_map, ort_score = sess.run(None, {"frames": frames})
+    np.testing.assert_allclose(ort_map, torch_map, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_score, torch_score, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_score, ort_map.reshape(len(frames), -1).max(axis=1), atol=0, rtol=0)
+
+
+def test_eval_on_the_trained_bundle(trained, tiny_dataset, tmp_path):
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(app, ["train", "eval", str(trained), str(tiny_dataset), "--category", "part", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "aupro" in out.read_text().lower()
+
+
+def test_resume_continues_and_refuses_another_recipe(trained, tiny_dataset, tiny_config, tmp_path):
+    out = tmp_path / "b"
+    runner = CliRunner()
+    args = ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), "--no-progress", "--threads", "1"]
+    assert runner.invoke(app, [*args, "--steps", "3"]).exit_code == 0
+    first_id = load_bundle(out).model_id
+    r = runner.invoke(app, [*args, "--steps", "6", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert load_bundle(out).manifest.provenance.steps == 6
+    # Resuming 3 -> 6 lands on the same weights as training 6 straight (same seed, RNG states restored).
+    assert load_bundle(out).model_id == load_bundle(trained).model_id != first_id
+    r = runner.invoke(app, [*args, "--steps", "9", "--resume", "--recipe", "plain"])
+    assert r.exit_code == 2 and "another recipe" in r.output and "corruption" in r.output
+    assert load_bundle(out).manifest.provenance.steps == 6  # nothing overwritten
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "mixed", "category", "config"])
+def test_bad_input_is_one_line_and_overwrites_nothing(case, tiny_dataset, trained, tmp_path):
+    data, extra = tmp_path / "data", []
+    if case == "missing":
+        data = tmp_path / "nowhere"
+    elif case == "empty":
+        data.mkdir()
+    elif case == "mixed":
+        shutil.copytree(tiny_dataset / "part" / "train" / "good", data)
+        cv2.imwrite(str(data / "zz_big.png"), np.zeros((40, 40, 3), np.uint8))
+    elif case == "category":
+        data, extra = tiny_dataset, ["--category", "bolts"]
+    elif case == "config":
+        data, extra = tiny_dataset, ["--category", "part", "--config", str(tmp_path / "c.toml")]
+        (tmp_path / "c.toml").write_text("[model]\nwidth = 3\n")
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = (out / "manifest.json").read_bytes()
+    r = CliRunner().invoke(app, ["train", "fit", str(data), "--out", str(out), *extra, *TINY])
+    assert r.exit_code == 2, r.output
+    message = r.output.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("error:"), r.output
+    expected = {"missing": "does not exist", "empty": "no images", "mixed": "zz_big.png", "category": "categories found: part", "config": "unknown field `width` - at `$.model`"}
+    assert expected[case] in message[0]
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_ddp_two_cpu_processes(tiny_dataset, tiny_config, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train", "fit", str(tiny_dataset),
+           "--category", "part", "--out", str(out), "--config", str(tiny_config), *TINY]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_bundle(out).manifest.provenance.steps == 6
