@@ -53,8 +53,6 @@ def fit(
     """Score sample folders with the bundle, choose thresholds, write them into the manifest and save a report."""
     with known_errors():
         from calibrate.fit import FitOptions, fit_folders
-        from calibrate.report import write_report
-        from calibrate.store import store_calibration
 
         if rule not in ("frr", "best-f1"):
             raise UserError(f"--rule {rule!r} is unknown; use frr or best-f1")
@@ -63,19 +61,7 @@ def fit(
             crop=_parse_crop(crop), backend=backend, threads=threads, batch=batch, progress=not quiet,
         )
         result, model_id = fit_folders(bundle, good, defect or [], masks, options)
-        for line in result.warnings:
-            _warn(line)
-        report_path = report or bundle / REPORT_NAME
-        try:
-            write_report(report_path, result.calibration, result.good, result.defect, title=f"Calibration of {bundle.name} (model {model_id[:12]})")
-        except OSError as e:
-            raise UserError(f"cannot write the report {report_path} ({e}); choose another --report; the manifest is unchanged") from None
-        try:
-            manifest = store_calibration(bundle, result.calibration, model_id=model_id)
-        except OSError as e:  # disk full, read-only bundle: the atomic write left the old manifest as it was
-            raise UserError(f"cannot write {bundle / 'manifest.json'} ({e}); the previous calibration is intact") from None
-        _print_result(result.calibration, result.image_detail, result.pixel_detail)
-        print(f"\nwrote the calibration into {bundle / 'manifest.json'} ({len(manifest.history)} earlier in history); report: {report_path}")
+        _write(bundle, report, result, model_id, title=f"Calibration of {bundle.name} (model {model_id[:12]})")
 
 
 @app.command()
@@ -102,6 +88,34 @@ def show(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None
             print(f"{i:>3}. {one_line(old)}")
 
 
+def _write(bundle: Path, report: Path | None, result, model_id: str, *, title: str) -> None:
+    """Report first, then the manifest (both atomic); print the summary table."""
+    from calibrate.report import write_report
+    from calibrate.store import store_calibration
+
+    for line in result.warnings:
+        _warn(line)
+    report_path = report or bundle / REPORT_NAME
+    try:
+        write_report(report_path, result.calibration, result.good, result.defect, title=title)
+    except OSError as e:
+        raise UserError(f"cannot write the report {report_path} ({e}); choose another --report; the manifest is unchanged") from None
+    try:
+        manifest = store_calibration(bundle, result.calibration, model_id=model_id)
+    except OSError as e:  # disk full, read-only bundle: the atomic write left the old manifest as it was
+        raise UserError(f"cannot write {bundle / 'manifest.json'} ({e}); the previous calibration is intact") from None
+    _print_result(result.calibration, result.image_detail, result.pixel_detail)
+    print(f"\nwrote the calibration into {bundle / 'manifest.json'} ({len(manifest.history)} earlier in history); report: {report_path}")
+
+
+def _curve_files(client_key: Path | None, server_key: Path | None) -> bool:
+    if client_key is None and server_key is None:
+        return False
+    if client_key is None or server_key is None:
+        raise UserError("CURVE needs both --client-key (your NAME.key_secret) and --server-key (the daemon's NAME.key)")
+    return True
+
+
 def _print_result(cal, image_detail: str, pixel_detail: str) -> None:
     from calibrate.summary import format_table, summary_rows
 
@@ -122,3 +136,58 @@ def _parse_crop(text: str | None):
     if min(x, y) < 0 or min(w, h) < 1:
         raise UserError(f"--crop {text!r}: x and y must be >= 0 and the width and height >= 1")
     return Roi(x, y, w, h)
+
+
+@app.command()
+def live(
+    endpoint: Annotated[str, typer.Argument(help="The daemon's publish endpoint, e.g. tcp://10.0.0.5:5555.")],
+    bundle: Annotated[Path, typer.Option("--bundle", help="The bundle the daemon runs; its manifest receives the calibration.")],
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Scores of known-good production to gather.")],
+    target_false_reject: TargetOpt = 0.001,
+    confidence: ConfidenceOpt = 0.95,
+    camera: Annotated[list[str] | None, typer.Option("--camera", help="Only these cameras (repeat); default all.")] = None,
+    idle_timeout: Annotated[float, typer.Option("--idle-timeout", min=0.5, help="Give up after this many seconds without a scored frame.")] = 10.0,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Give up when the frames are not in after this many seconds.")] = None,
+    report: ReportOpt = None,
+    force: ForceOpt = False,
+    client_key: ClientKeyOpt = None,
+    server_key: ServerKeyOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Gather scores of known-good production from a running daemon and fit them by the good-only rule."""
+    with known_errors():
+        from calibrate.fit import FitOptions
+        from calibrate.live import fit_live
+
+        options = FitOptions(target_false_reject=target_false_reject, confidence=confidence, force=force, progress=not quiet)
+        configure = None
+        if _curve_files(client_key, server_key):
+            from edge.security import load_key_pair, load_public_key
+            from edge.subscriber import curve_client
+
+            keys = load_key_pair(client_key)
+            configure = curve_client(load_public_key(server_key), keys.public, keys.secret)
+        result, model_id = fit_live(bundle, endpoint, frames=frames, options=options, cameras=camera or None,
+                                    idle_timeout_s=idle_timeout, timeout_s=timeout, configure=configure)
+        _write(bundle, report, result, model_id, title=f"Live calibration of {bundle.name} (model {model_id[:12]})")
+        print(f"apply it to the daemon with: ssae calibrate apply {bundle} --control tcp://HOST:PORT")
+
+
+@app.command()
+def apply(
+    bundle: Annotated[Path, typer.Argument(help="The calibrated bundle (the one the daemon runs).")],
+    control: Annotated[str, typer.Option("--control", help="The daemon's control endpoint, e.g. tcp://10.0.0.5:5556.")],
+    thresholds_only: Annotated[bool, typer.Option("--thresholds-only", help="Send the thresholds themselves instead of asking the daemon to reload its bundle (not kept across a daemon restart).")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each reply.")] = 5.0,
+    client_key: ClientKeyOpt = None,
+    server_key: ServerKeyOpt = None,
+) -> None:
+    """Make a running daemon judge with the bundle's current calibration, without a restart or a lost frame."""
+    with known_errors():
+        from calibrate.apply import apply_calibration, curve_client
+
+        secure = curve_client(client_key, server_key) if _curve_files(client_key, server_key) else None
+        reply, cal = apply_calibration(bundle, control, thresholds_only=thresholds_only, timeout_s=timeout, secure=secure)
+        how = "thresholds sent" if thresholds_only else "bundle reloaded"
+        print(f"{control}: {how}; the daemon now judges with image threshold {reply.image_threshold:.6g}, pixel threshold {reply.pixel_threshold:.6g} "
+              f"(model {reply.model_id[:12]}, calibration {cal.method} of {cal.created or 'unknown date'})")
