@@ -158,7 +158,10 @@ def fit_folders(bundle_dir: Path, good_dirs: Sequence[Path], defect_dirs: Sequen
         raise CalibrationRefused(f"calibration refused, nothing written: {too_few_goods(len(good_paths), options)}")
     bundle = load_bundle(bundle_dir)
     spec = bundle.manifest.input
-    backend = open_backend(bundle, options.backend, threads=options.threads, max_batch=options.batch)
+    try:
+        backend = open_backend(bundle, options.backend, threads=options.threads, max_batch=options.batch)
+    except (ImportError, ValueError) as e:
+        raise UserError(f"--backend {options.backend}: not available here ({e}); use the line's backend, or onnxruntime") from None
     try:
         common = dict(crop=options.crop, batch=options.batch, allow_mixed=options.force, skip_bad=options.force, progress=options.progress)
         largest = np.empty(0, np.float32)
@@ -241,7 +244,10 @@ def _pixel_from_masks(defect: Scored, masks_dir: Path, height_px: int, width_px:
         )
     if not rows:
         raise UserError(f"no defect image has a mask in {masks_dir}; name them like the images (<name>_mask.png or <name>.png)")
-    t, f1 = rules.pixel_f1_threshold(defect.maps[rows], np.stack(masks))
+    try:
+        t, f1 = rules.pixel_f1_threshold(defect.maps[rows], np.stack(masks))
+    except ValueError as e:
+        raise UserError(f"masks in {masks_dir}: {e}") from None
     extra = f" ({len(missing)} without mask left out)" if missing else ""
     return PixelChoice(threshold=t, method="mask-best-f1", detail=f"best pixel F1 = {f1:.3f} over {len(rows)} masked defect images{extra}")
 

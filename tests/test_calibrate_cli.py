@@ -100,6 +100,7 @@ def test_results_are_reproducible(bundle, tiny_dataset):
         (["--good", "{data}/part/train/good", "--rule", "magic"], "--rule 'magic' is unknown"),
         (["--good", "{data}/part/train/good", "--masks", "{data}/part/ground_truth"], "--masks needs --defect"),
         (["--good", "{data}/part/train/good", "--target-false-reject", "0.2", "--crop", "0,0,64,64"], "lies outside the 32x32 frame"),
+        (["--good", "{data}/part/train/good", "--target-false-reject", "0.2", "--backend", "magic"], "--backend magic: not available here"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(bundle, tiny_dataset, args, message):

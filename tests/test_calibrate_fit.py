@@ -177,3 +177,15 @@ def test_empty_and_missing_folders_are_one_line_errors(tiny_bundle, tmp_path):
         fit_folders(tiny_bundle, [tmp_path / "empty"], [], None, FitOptions(progress=False))
     with pytest.raises(UserError, match="does not exist"):
         fit_folders(tiny_bundle, [tmp_path / "nope"], [], None, FitOptions(progress=False))
+
+
+def test_masks_marking_nothing_and_forced_tail_with_defects(tiny_bundle, tiny_dataset, tmp_path):
+    part = tiny_dataset / "part"
+    blank = tmp_path / "blank" / "dent"
+    blank.mkdir(parents=True)
+    for mask in (part / "ground_truth" / "dent").iterdir():
+        cv2.imwrite(str(blank / mask.name), np.zeros((32, 32), np.uint8))
+    with pytest.raises(UserError, match="mark no defect pixel"):
+        fit_folders(tiny_bundle, [part / "train" / "good"], [part / "test" / "dent"], blank.parent, FitOptions(target_false_reject=0.15, force=True, progress=False))
+    r = decide(GOOD[:50], DEFECTS, None, FitOptions(force=True), source="synthetic")
+    assert r.calibration.method == "recall-at-frr-tail-extrapolation" and r.calibration.escape.trials == 40
