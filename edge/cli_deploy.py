@@ -42,6 +42,9 @@ def modbus(
     from edge.sdnotify import Notifier
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level.lower() != "debug":
+        # pymodbus logs every refused connect as an ERROR; the adapter's own line says it once with the retry time.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     with known_errors():
         cfg = load_adapter_config(config)
         stop = threading.Event()
