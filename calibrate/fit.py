@@ -69,26 +69,7 @@ def decide(good: np.ndarray, defect: np.ndarray | None, pixel: PixelChoice | Non
         raise UserError("no defective sample was scored; check the --defect folder")
     p, c = options.target_false_reject, options.confidence
     problems: list[str] = []
-    if options.rule == "best-f1":
-        if defect is None:
-            raise UserError("--rule best-f1 needs labelled defects: pass --defect DIR, or use the default rule frr")
-        if n_good < MIN_GOOD_FOR_F1 or defect.size < MIN_DEFECT_FOR_F1:
-            problems.append(
-                f"too few samples for best F1: {n_good} good and {defect.size} defective, need at least {MIN_GOOD_FOR_F1} and {MIN_DEFECT_FOR_F1}"
-            )
-        choice, _ = rules.best_f1_threshold(good, defect)
-        method = "best-f1"
-    else:
-        choice = rules.order_statistic_threshold(good, p, c)
-        if choice is None:
-            problems.append(too_few_goods(n_good, options))
-            if n_good < rules.MIN_TAIL_SAMPLES:
-                raise CalibrationRefused(f"calibration refused, nothing written: {problems[0]}; even a forced tail fit needs {rules.MIN_TAIL_SAMPLES}")
-            choice = rules.tail_threshold(good, p) if options.force else None
-        kind = "order-statistic" if choice is None or choice.method == "order-statistic" else "tail-extrapolation"
-        method = ("recall-at-frr" if defect is not None else "good-only-order-statistic") if kind == "order-statistic" else (
-            "recall-at-frr-tail-extrapolation" if defect is not None else "good-only-tail-extrapolation"
-        )
+    choice, method = _image_choice(good, defect, options, problems)
     area = None
     if defect is not None:
         area = rules.auroc(good, defect)
@@ -130,6 +111,31 @@ def decide(good: np.ndarray, defect: np.ndarray | None, pixel: PixelChoice | Non
         pixel_method=pixel.method,
     )
     return FitResult(calibration=calibration, good=good, defect=defect, image_detail=choice.detail, pixel_detail=pixel_detail, warnings=all_warnings)
+
+
+def _image_choice(good: np.ndarray, defect: np.ndarray | None, options: FitOptions, problems: list[str]) -> tuple[rules.Choice | None, str]:
+    """The image threshold by the requested rule and the manifest's method name; appends what is wrong to problems.
+
+    Returns no choice only when the order-statistic rule has too few samples and force is off.
+    """
+    if options.rule == "best-f1":
+        if defect is None:
+            raise UserError("--rule best-f1 needs labelled defects: pass --defect DIR, or use the default rule frr")
+        if good.size < MIN_GOOD_FOR_F1 or defect.size < MIN_DEFECT_FOR_F1:
+            problems.append(
+                f"too few samples for best F1: {good.size} good and {defect.size} defective, need at least {MIN_GOOD_FOR_F1} and {MIN_DEFECT_FOR_F1}"
+            )
+        return rules.best_f1_threshold(good, defect)[0], "best-f1"
+    labelled = defect is not None
+    choice = rules.order_statistic_threshold(good, options.target_false_reject, options.confidence)
+    if choice is not None:
+        return choice, "recall-at-frr" if labelled else "good-only-order-statistic"
+    problems.append(too_few_goods(good.size, options))
+    if good.size < rules.MIN_TAIL_SAMPLES:
+        raise CalibrationRefused(f"calibration refused, nothing written: {problems[-1]}; even a forced tail fit needs {rules.MIN_TAIL_SAMPLES}")
+    if not options.force:
+        return None, ""
+    return rules.tail_threshold(good, options.target_false_reject), "recall-at-frr-tail-extrapolation" if labelled else "good-only-tail-extrapolation"
 
 
 def too_few_goods(n_good: int, options: FitOptions) -> str:
