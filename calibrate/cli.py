@@ -24,7 +24,7 @@ ConfidenceOpt = Annotated[
     float, typer.Option("--confidence", min=0.5, max=0.999999, help="How sure the false-reject bound must be (and the level of every bound reported).")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write a calibration that is refused (too few samples, defects scoring low, odd images); the reasons go into its note.")]
-ReportOpt = Annotated[Path | None, typer.Option("--report", help=f"Where to save the report PNG [default: BUNDLE/{REPORT_NAME}].")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help=f"Where to save the report PNG (default: BUNDLE/{REPORT_NAME}).")]
 ClientKeyOpt = Annotated[Path | None, typer.Option("--client-key", help="CURVE: this client's NAME.key_secret (from `ssae edge keys`).")]
 ServerKeyOpt = Annotated[Path | None, typer.Option("--server-key", help="CURVE: the daemon's public NAME.key.")]
 
