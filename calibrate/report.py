@@ -73,20 +73,31 @@ def _histograms(ax, cal: Calibration, good: np.ndarray, defect: np.ndarray | Non
 
 def _roc(ax, cal: Calibration, good: np.ndarray, defect: np.ndarray) -> None:
     fpr, tpr = rules.roc_curve(good, defect)
-    ax.plot(fpr, tpr, color=DEFECT_COLOUR, linewidth=2, label=f"ROC (AUROC {rules.auroc(good, defect):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     t = cal.image_threshold
-    op_fr, op_recall = np.mean(good > t), np.mean(defect > t)
-    ax.plot([op_fr], [op_recall], "o", color="black", markersize=9, label=f"threshold: false-reject {op_fr:.2%}, recall {op_recall:.1%}")
+    op_fr, op_recall = float(np.mean(good > t)), float(np.mean(defect > t))
+    # Targets of 0.1 % live in the curve's first pixel on a linear axis: with enough goods, use a log axis
+    # and draw a rate of 0 at half of the smallest measurable one, 1/(2n).
+    log_x = good.size >= 100
+    floor = 0.5 / good.size
+    x = np.maximum(fpr, floor) if log_x else fpr
+    ax.plot(x, tpr, color=DEFECT_COLOUR, linewidth=2, drawstyle="steps-post", label=f"ROC (AUROC {rules.auroc(good, defect):.3f})")
+    ax.plot([max(op_fr, floor) if log_x else op_fr], [op_recall], "o", color="black", markersize=9,
+            label=f"threshold: false-reject {op_fr:.2%}, recall {op_recall:.1%}")
     if cal.target_false_reject is not None:
         ax.axvline(cal.target_false_reject, color=GOOD_COLOUR, linestyle="--", linewidth=1, label=f"target false-reject {cal.target_false_reject:g}")
-    ax.set_xlim(-0.02, 1.02)
+    if log_x:
+        ax.set_xscale("log")
+        ax.set_xlim(floor * 0.7, 1.05)
+        ax.set_xlabel(f"false-reject rate (good parts rejected; log scale, 0 drawn at {floor:.1g})")
+    else:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("false-reject rate (good parts rejected)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("false-reject rate (good parts rejected)")
     ax.set_ylabel("recall (defective parts caught)")
     ax.set_title("ROC on the labelled samples")
     ax.legend(loc="lower right", fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
 
 
 def _text(ax, cal: Calibration) -> None:
