@@ -226,6 +226,9 @@ class Capture:
         except Exception as e:  # a bug, not a camera problem: report it as this camera's failure
             log.exception("camera %s: capture failed", self.cfg.id)
             self.stats.set(state="failed", last_error=f"capture failed: {type(e).__name__}: {e}")
+        with self.stats.lock:
+            if self.stats.state != "failed":
+                self.stats.state = "finished"  # ended or stopped: no more frames from this camera
 
     def _retry_loop(self) -> None:
         cfg = self.cfg

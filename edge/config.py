@@ -77,10 +77,14 @@ class PublishConfig(Strict, kw_only=True):
     heartbeat_s: Annotated[float, Meta(ge=0.05, le=60)] = 1.0  # health.<name> period; subscribers call 3 missed periods "down"
     sndhwm: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000  # messages queued per subscriber before ZeroMQ drops
     linger_ms: Annotated[int, Meta(ge=0, le=60_000)] = 1000  # at exit, time to flush queued messages (never forever)
+    # Kernel send buffer per subscriber connection; 0 = the OS default (often MBs). A small one makes a stalled
+    # subscriber reach sndhwm (and lose its own messages) within moments instead of queueing seconds of old verdicts.
+    sndbuf_bytes: Annotated[int, Meta(ge=0, le=64 << 20)] = 0
     queue_size: Annotated[int, Meta(ge=1, le=10_000)] = 256  # messages between inference and the publisher thread
     mask: Literal["none", "raw", "png"] = "raw"  # mask frame encoding; "none" sends an empty frame
     # "drop-for-that-subscriber": ZeroMQ skips a full subscriber only (it sees a seq gap; others unaffected).
-    # "drop-and-count": a full subscriber makes the daemon drop the message for all and count it in `dropped`.
+    # "drop-and-count": a full subscriber makes the daemon drop the message for all and report it in `dropped`
+    # and the metrics; for a single consumer (the PLC adapter) only, as one stalled client starves the rest.
     on_full_subscriber: Literal["drop-for-that-subscriber", "drop-and-count"] = "drop-for-that-subscriber"
     wait_for_subscriber_s: Annotated[float, Meta(ge=0, le=86400)] = 0.0  # hold capture until a frame subscriber joins (0 = don't)
 
@@ -141,7 +145,8 @@ class DaemonConfig(Strict, kw_only=True):
             if camera.id in seen:
                 raise ValueError(f"cameras[{i}].id = {camera.id!r} is used twice; give every camera its own id (it is its topic)")
             seen.add(camera.id)
-        if self.control is not None and self.control.endpoint in self.publish.endpoints:
+        wildcard = self.control is not None and self.control.endpoint.endswith((":*", ":0"))  # two free ports, not one
+        if self.control is not None and not wildcard and self.control.endpoint in self.publish.endpoints:
             raise ValueError(f"control.endpoint = {self.control.endpoint!r} is also a publish endpoint; give it its own port")
 
 

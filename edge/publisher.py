@@ -58,6 +58,8 @@ class Publisher:
         self.queue_dropped = 0  # incremented by submit() (the inference thread) only
         self.hwm_dropped = 0  # incremented by the publisher thread only
         options = {zmq.XPUB_VERBOSE: 1}  # pass every subscribe up, not only the first per topic
+        if cfg.sndbuf_bytes:
+            options[zmq.SNDBUF] = cfg.sndbuf_bytes
         if cfg.on_full_subscriber == "drop-and-count":
             options[zmq.XPUB_NODROP] = 1  # a full subscriber makes send fail (EAGAIN) instead of silently skipping it
         # Created and bound here so that bind errors reach the caller; from start() on, only the thread uses it.
