@@ -129,6 +129,14 @@ def setup_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def over_budget(elapsed_s: float, budget_min: float, world: int) -> bool:
+    """All ranks must stop at the same step, or the next collective hangs: rank 0's clock decides."""
+    flag = torch.tensor([float(elapsed_s > budget_min * 60)])
+    if world > 1:
+        torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None, resume: bool = False, progress: bool = True) -> Path:
     """Train on the good images under data, export the bundle to out, return out."""
     out = Path(out)
@@ -215,7 +223,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
                 bar.set_postfix(loss=f"{ema_loss:.4f}", img_s=f"{(step - step_start) * cfg.batch_size / max(now - t_start, 1e-9):.1f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint(step)
-            if cfg.time_budget_min and elapsed > cfg.time_budget_min * 60 and step < cfg.steps:
+            if cfg.time_budget_min and step % 10 == 0 and step < cfg.steps and over_budget(elapsed, cfg.time_budget_min, world):
                 stopped_early = True
                 checkpoint(step)
                 break
