@@ -71,6 +71,7 @@ class Daemon:
         self.retired: list[Backend] = []
         self.notify = threading.Event()
         self.worker_beat = time.monotonic()
+        self.next_ping = 0.0
         self.exit_code = 0
         self.sd = Notifier()
         self.metrics = Metrics(self.camera_health)
@@ -270,10 +271,14 @@ class Daemon:
         m.stage["infer"].observe(t2 - t1)
         row = {i: k for k, i in enumerate(judged_idx)}
         for i, frame in enumerate(batch):
-            if i in row:
-                self._publish(frame, model, amaps[row[i]], float(scores[row[i]]), rois[i])
-            else:
+            if i not in row:
                 self._publish_unknown(frame, model, reasons[i])
+                continue
+            try:
+                self._publish(frame, model, amaps[row[i]], float(scores[row[i]]), rois[i])
+            except Exception as e:  # one frame's post-processing must not stop the line
+                log.exception("post-processing failed for %s seq %d", frame.camera, frame.seq)
+                self._publish_unknown(frame, model, f"post-processing error: {type(e).__name__}: {e}")
         m.stage["postprocess"].observe(time.perf_counter() - t2)
 
     def _publish(self, frame: Frame, model: Model, amap: np.ndarray, score: float, roi: Roi) -> None:
@@ -337,24 +342,34 @@ class Daemon:
             cfg.name, self.bundle_path, m.bundle.model_id[:12], m.backend.name, _describe(m.thresholds), ", ".join(self.publisher.endpoints),
             f"; control on {self.control.endpoints[0]}" if self.control else "",
         )
+        self.sd.ready(f"inspecting {len(self.captures)} camera(s)")  # sockets are bound: subscribers may come
         if cfg.publish.wait_for_subscriber_s > 0:
             self._wait_for_subscriber(cfg.publish.wait_for_subscriber_s)
-        for capture in self.captures:
-            capture.start()
-        self.sd.ready(f"inspecting {len(self.captures)} camera(s)")
+        if not self.stop_event.is_set():
+            for capture in self.captures:
+                capture.start()
 
     def _wait_for_subscriber(self, timeout_s: float) -> None:
         log.info("waiting up to %g s for a subscriber before capturing", timeout_s)
         deadline = time.monotonic() + timeout_s
         while not self.publisher.subscribed.wait(0.05):
+            self._ping()
             if self.stop_event.is_set():
                 return
             if time.monotonic() > deadline:
                 log.warning("no subscriber joined within %g s; capturing anyway", timeout_s)
                 return
 
+    def _ping(self) -> None:
+        """WATCHDOG=1 when due, and only while the worker makes progress: a hung worker earns no ping."""
+        now = time.monotonic()
+        if self.sd.watchdog_s is None or now < self.next_ping:
+            return
+        if now - self.worker_beat < 2 * self.sd.watchdog_s and self.publisher.thread.is_alive():
+            self.sd.watchdog()
+        self.next_ping = now + self.sd.watchdog_s
+
     def _supervise(self) -> None:
-        next_ping = time.monotonic()
         while not self.stop_event.wait(0.1):
             if self.reload_event.is_set():
                 self.reload_event.clear()
@@ -371,16 +386,16 @@ class Daemon:
                 log.error("a pipeline thread died; stopping")
                 self.exit_code = 1
                 return
-            if self.sd.watchdog_s is not None and time.monotonic() >= next_ping:
-                if time.monotonic() - self.worker_beat < 2 * self.sd.watchdog_s:  # a hung worker earns no ping
-                    self.sd.watchdog()
-                next_ping = time.monotonic() + self.sd.watchdog_s
+            self._ping()
 
     def shutdown(self) -> None:
         """Capture stops, what was captured is judged and published, the publisher flushes; bounded by drain_timeout_s."""
         self.sd.stopping("draining")
-        deadline = time.monotonic() + (1.0 if self.abort_event.is_set() else self.cfg.drain_timeout_s)
-        remaining = lambda: max(0.05, deadline - time.monotonic())  # noqa: E731
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+
+        def remaining() -> float:  # a second SIGTERM (abort) cuts every wait short
+            return 0.05 if self.abort_event.is_set() else max(0.05, deadline - time.monotonic())
+
         for capture in self.captures:
             capture.stop()
         for capture in self.captures:

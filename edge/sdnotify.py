@@ -25,6 +25,7 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         watchdog_for_us = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
         self.watchdog_s: float | None = int(usec) / 2e6 if watchdog_for_us else None  # ping at half the timeout
+        self.failed = False
 
     @property
     def enabled(self) -> bool:
@@ -39,10 +40,13 @@ class Notifier:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(self.address)
                 sock.sendall(message)
+            self.failed = False
             return True
         except OSError as e:
-            # systemd gone or socket unwritable: keep running, but say so once per failure
-            log.warning("sd_notify to %s failed: %s", self.address.replace("\0", "@"), e)
+            # systemd gone or socket unwritable: keep running, and say so once rather than at every ping
+            if not self.failed:
+                log.warning("sd_notify to %s failed: %s", self.address.replace("\0", "@"), e)
+            self.failed = True
             return False
 
     def ready(self, status: str = "") -> bool:

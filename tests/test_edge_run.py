@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import socket
@@ -89,8 +90,11 @@ wait_for_subscriber_s = 30
 """
     config.write_text(body)
     log = tmp_path / "daemon.log"
-    with open(log, "w") as err, zmq.Context() as ctx:
-        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(config)], cwd=ROOT, stdout=err, stderr=err)
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd's notify socket
+    systemd.bind(str(tmp_path / "notify"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"}
+    with open(log, "w") as err, zmq.Context() as ctx, systemd:
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(config)], cwd=ROOT, stdout=err, stderr=err, env=env)
         try:
             sub = Tracker(ctx, f"tcp://127.0.0.1:{port}")
             first = sub.until(lambda h: True, timeout_s=60)
@@ -122,6 +126,15 @@ wait_for_subscriber_s = 30
             text = log.read_text()
             assert "reloaded" in text and "image_threshold = -1.0 is below 0.0" in text and "stopped (cam:" in text
             assert "Traceback" not in text
+            systemd.setblocking(False)
+            notes = []
+            while True:
+                try:
+                    notes.append(systemd.recv(512))
+                except BlockingIOError:
+                    break
+            assert notes[0].startswith(b"READY=1") and notes[-1].startswith(b"STOPPING=1")
+            assert b"WATCHDOG=1" in notes  # every 0.2 s while running
         finally:
             if proc.poll() is None:
                 proc.kill()
