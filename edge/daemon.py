@@ -1,7 +1,7 @@
 """The edge daemon: cameras -> one batching inference worker -> post-processing -> ZeroMQ publisher.
 
     capture-<cam> ──► queue (latest | all) ─┐
-    capture-<cam> ──► queue (latest | all) ─┼─► inference: fit_frame, backend.infer (batch across cameras),
+    capture-<cam> ──► queue (latest | all) ─┼─► inference (edge/worker.py): fit_frame, backend.infer (batch across cameras),
                                              │   judge (verdict, mask, regions) ──► publisher ──► XPUB
                                              │                                  └─► archive (optional)
     control (REP) ── reload / apply / status ┘          heartbeats on health.<name> every heartbeat_s
@@ -18,42 +18,32 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import msgspec
 import numpy as np
 import zmq
 
-from edge.archive import Archive, Entry
+from edge.archive import Archive
 from edge.backend import Backend, open_backend
-from edge.bundle import Bundle, load_bundle
-from edge.capture import Capture, Frame
+from edge.bundle import load_bundle
+from edge.capture import Capture
 from edge.clitools import UserError
 from edge.config import DaemonConfig, load_config
 from edge.control import ControlServer
 from edge.manifest import BundleError
 from edge.metrics import Metrics
-from edge.postprocess import Thresholds, encode_mask, judge, resolve_thresholds
-from edge.preprocess import FrameError, Roi, fit_frame
-from edge.publisher import Outgoing, Publisher
+from edge.postprocess import Thresholds, resolve_thresholds
+from edge.publisher import Publisher
 from edge.sdnotify import Notifier
 from edge.security import start_server_security
-from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, FrameHeader, Health, MaskInfo, Reload, Reply, Request, Status
+from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, Health, Reload, Reply, Request, Status
+from edge.worker import InferenceWorker, Model
 
 log = logging.getLogger("edge.daemon")
 NAN = float("nan")
-
-
-class Model(NamedTuple):
-    """What the worker judges with; replaced whole, so a batch never mixes two models or thresholds."""
-
-    bundle: Bundle
-    backend: Backend
-    thresholds: Thresholds
 
 
 class Daemon:
@@ -70,14 +60,10 @@ class Daemon:
         self.reload_lock = threading.Lock()
         self.retired: list[Backend] = []
         self.notify = threading.Event()
-        self.worker_beat = time.monotonic()
         self.next_ping = 0.0
         self.exit_code = 0
         self.sd = Notifier()
         self.metrics = Metrics(self.camera_health)
-        self.crops = {c.id: Roi(c.crop.x, c.crop.y, c.crop.w, c.crop.h) if c.crop else None for c in cfg.cameras}
-        self.resize = {c.id: c.resize for c in cfg.cameras}
-        self.judged = {c.id: 0 for c in cfg.cameras}  # written by the worker only
         self.captures = [Capture(c, self.notify) for c in cfg.cameras]
         self.model = self._load_model(self.bundle_path, *self.config_thresholds)
         self.ctx = zmq.Context()
@@ -94,8 +80,7 @@ class Daemon:
                 self.security.stop()
             self.ctx.destroy(linger=0)
             raise
-        self.worker_stop = threading.Event()
-        self.worker = threading.Thread(name="inference", target=self._work, daemon=True)
+        self.worker = InferenceWorker(cfg, self.captures, self.notify, self._current, self.publisher, self.archive, self.metrics)
 
     # --- model loading ------------------------------------------------------------------------------
     def _load_model(self, path: str, image: float | None, pixel: float | None, origin: str = "config", reuse: Model | None = None) -> Model:
@@ -184,7 +169,7 @@ class Daemon:
 
     # --- health -----------------------------------------------------------------------------------------
     def camera_health(self) -> list[CameraHealth]:
-        return [msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.judged[c.cfg.id]) for c in self.captures]
+        return [msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.worker.judged[c.cfg.id]) for c in self.captures]
 
     def health(self) -> Health:
         m = self.model
@@ -193,120 +178,6 @@ class Daemon:
             uptime_s=round(time.monotonic() - self.started, 3), backend=m.backend.name, model_id=m.bundle.model_id,
             image_threshold=NAN if m.thresholds.image is None else m.thresholds.image, cameras=self.camera_health(),
         )
-
-    # --- the inference worker -------------------------------------------------------------------------
-    def _work(self) -> None:
-        turn = 0
-        try:
-            while True:
-                self.worker_beat = time.monotonic()
-                batch = self._gather(turn)
-                turn += 1
-                if batch:
-                    self._judge(batch)
-                elif self.worker_stop.is_set() and all(c.queue.empty() for c in self.captures):
-                    return
-        except Exception:
-            log.exception("inference worker failed")
-            self.exit_code = 1
-            self.stop_event.set()
-
-    def _gather(self, turn: int) -> list[Frame]:
-        """Up to max_batch frames, one per camera per sweep (fair across cameras), without waiting for more
-        than batch_wait_ms once the first frame is in hand."""
-        batch: list[Frame] = []
-        n = len(self.captures)
-        deadline = None
-        while len(batch) < self.cfg.max_batch:
-            self.notify.clear()  # cleared before the sweep: a put after it sets it again, none is missed
-            got = False
-            for k in range(n):
-                capture = self.captures[(turn + k) % n]
-                try:
-                    batch.append(capture.queue.get_nowait())
-                    got = True
-                except queue.Empty:
-                    continue
-                if len(batch) == self.cfg.max_batch:
-                    return batch
-            if got:
-                continue
-            if not batch:
-                if self.worker_stop.is_set() or not self.notify.wait(0.05):
-                    return batch
-                continue
-            if deadline is None:
-                deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.notify.wait(remaining):
-                return batch
-        return batch
-
-    def _judge(self, batch: list[Frame]) -> None:
-        model = self._current()
-        spec, m = model.bundle.manifest.input, self.metrics
-        now_ns = time.time_ns()
-        t0 = time.perf_counter()
-        inputs, rois, reasons = [], {}, {}
-        for i, frame in enumerate(batch):
-            m.stage["queue_wait"].observe(max(0, now_ns - frame.capture_ns) / 1e9)
-            try:
-                x, rois[i] = fit_frame(frame.image, spec, self.crops[frame.camera], self.resize[frame.camera])
-                inputs.append(x)
-            except FrameError as e:
-                reasons[i] = f"frame not judged: {e}"
-        t1 = time.perf_counter()
-        m.stage["preprocess"].observe(t1 - t0)
-        judged_idx = [i for i in range(len(batch)) if i not in reasons]
-        amaps = scores = None
-        if inputs:
-            try:
-                amaps, scores = model.backend.infer(np.stack(inputs))
-            except Exception as e:  # the backend failing on one batch must not stop the line
-                log.exception("inference failed on a batch of %d", len(inputs))
-                reasons.update({i: f"backend error: {type(e).__name__}: {e}" for i in judged_idx})
-                judged_idx = []
-            m.batch.observe(len(inputs))
-        t2 = time.perf_counter()
-        m.stage["infer"].observe(t2 - t1)
-        row = {i: k for k, i in enumerate(judged_idx)}
-        for i, frame in enumerate(batch):
-            if i not in row:
-                self._publish_unknown(frame, model, reasons[i])
-                continue
-            try:
-                self._publish(frame, model, amaps[row[i]], float(scores[row[i]]), rois[i])
-            except Exception as e:  # one frame's post-processing must not stop the line
-                log.exception("post-processing failed for %s seq %d", frame.camera, frame.seq)
-                self._publish_unknown(frame, model, f"post-processing error: {type(e).__name__}: {e}")
-        m.stage["postprocess"].observe(time.perf_counter() - t2)
-
-    def _publish(self, frame: Frame, model: Model, amap: np.ndarray, score: float, roi: Roi) -> None:
-        t = model.thresholds
-        verdict, regions, mask, reason = judge(amap, score, t, min_region_px=self.cfg.postprocess.min_region_px, max_regions=self.cfg.postprocess.max_regions)
-        encoding = self.cfg.publish.mask if mask is not None else "none"
-        mask_info = MaskInfo(encoding=encoding, height_px=amap.shape[0], width_px=amap.shape[1], roi_x=roi.x, roi_y=roi.y, roi_w=roi.w, roi_h=roi.h)
-        header = self._header(frame, model, score, verdict, regions, mask_info, reason)
-        self._send(frame, header, encode_mask(mask, encoding), mask)
-
-    def _publish_unknown(self, frame: Frame, model: Model, reason: str) -> None:
-        header = self._header(frame, model, NAN, "unknown", [], MaskInfo(), reason)
-        self._send(frame, header, b"", None)
-
-    def _header(self, frame: Frame, model: Model, score, verdict, regions, mask_info, reason) -> FrameHeader:
-        t = model.thresholds
-        return FrameHeader(
-            schema_version=SCHEMA_VERSION, camera=frame.camera, seq=frame.seq, capture_ns=frame.capture_ns, publish_ns=0,
-            score=score, threshold=NAN if t.image is None else t.image, verdict=verdict, model_id=model.bundle.model_id,
-            regions=regions, mask=mask_info, reason=reason, pixel_threshold=NAN if t.pixel is None else t.pixel, source=frame.source,
-        )
-
-    def _send(self, frame: Frame, header: FrameHeader, mask_bytes: bytes, mask: np.ndarray | None) -> None:
-        self.publisher.submit(Outgoing(header, mask_bytes, time.monotonic()))
-        self.judged[frame.camera] += 1
-        self.metrics.judged(frame.camera, header.verdict)
-        if self.archive is not None and self.archive.wants(header.verdict):
-            self.archive.submit(Entry(frame.image, mask, header))
 
     # --- lifetime ---------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -365,7 +236,7 @@ class Daemon:
         now = time.monotonic()
         if self.sd.watchdog_s is None or now < self.next_ping:
             return
-        if now - self.worker_beat < 2 * self.sd.watchdog_s and self.publisher.thread.is_alive():
+        if now - self.worker.beat < 2 * self.sd.watchdog_s and self.publisher.thread.is_alive():
             self.sd.watchdog()
         self.next_ping = now + self.sd.watchdog_s
 
@@ -382,7 +253,7 @@ class Daemon:
                 else:
                     log.info("every source has ended; draining and exiting")
                 return
-            if not (self.worker.is_alive() and self.publisher.thread.is_alive()):
+            if not (self.worker.thread.is_alive() and self.publisher.thread.is_alive()):
                 log.error("a pipeline thread died; stopping")
                 self.exit_code = 1
                 return
@@ -401,10 +272,8 @@ class Daemon:
         for capture in self.captures:
             if not capture.join(remaining()) or self.abort_event.is_set():
                 capture.abort()
-        self.worker_stop.set()
-        if self.worker.ident is not None:
-            self.worker.join(remaining())
-        clean = not self.worker.is_alive()
+        self.worker.stop()
+        clean = self.worker.join(remaining())
         if self.archive is not None:
             self.archive.stop()
             clean &= self.archive.join(remaining())
