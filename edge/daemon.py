@@ -63,7 +63,7 @@ class Daemon:
         self.next_ping = 0.0
         self.exit_code = 0
         self.sd = Notifier()
-        self.metrics = Metrics(self.camera_health)
+        self.metrics = Metrics(self.camera_health, self._archive_counts)
         self.captures = [Capture(c, self.notify) for c in cfg.cameras]
         self.model = self._load_model(self.bundle_path, *self.config_thresholds)
         self.ctx = zmq.Context()
@@ -170,6 +170,12 @@ class Daemon:
     # --- health -----------------------------------------------------------------------------------------
     def camera_health(self) -> list[CameraHealth]:
         return [msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.worker.judged[c.cfg.id]) for c in self.captures]
+
+    def _archive_counts(self) -> dict[str, int]:
+        a = getattr(self, "archive", None)  # scraped only after start, when it exists
+        if a is None:
+            return {}
+        return {"written": a.written, "skipped": a.skipped, "failed": a.failed, "deleted": a.deleted, "bytes": a.total_bytes}
 
     def health(self) -> Health:
         m = self.model

@@ -11,6 +11,7 @@ a collector reads the captures' own counters at scrape time, so the heartbeat an
     ssae_camera_fps{camera}, ssae_camera_state{camera,state} (1 for the current state)
     ssae_publish_dropped_total{reason}         queue (publisher behind) or hwm (drop-and-count mode)
     ssae_heartbeats_total, ssae_reloads_total{result}
+    ssae_archive_entries_total{outcome}, ssae_archive_bytes   with an archive: written, skipped (queue full), failed, deleted
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 
 
 
 class _CameraCollector:
-    """Reads the capture counters at scrape time."""
+    """Reads the capture (and archive) counters at scrape time."""
 
-    def __init__(self, cameras: Callable[[], list[CameraHealth]]):
+    def __init__(self, cameras: Callable[[], list[CameraHealth]], archive: Callable[[], dict[str, int]]):
         self.cameras = cameras
+        self.archive = archive
 
     def collect(self) -> Iterable:
         captured = CounterMetricFamily("ssae_frames_captured", "Frames captured (each got a seq)", labels=["camera"])
@@ -52,13 +54,20 @@ class _CameraCollector:
             for s in STATES:
                 state.add_metric([cam.camera, s], 1.0 if cam.state == s else 0.0)
         yield from (captured, dropped, reconnects, skipped, fps, state)
+        counts = self.archive()
+        if counts:
+            archive = CounterMetricFamily("ssae_archive_entries", "Archive entries by outcome", labels=["outcome"])
+            for outcome in ("written", "skipped", "failed", "deleted"):
+                archive.add_metric([outcome], counts.get(outcome, 0))
+            yield archive
+            yield GaugeMetricFamily("ssae_archive_bytes", "Bytes the archive holds", value=counts.get("bytes", 0))
 
     def describe(self) -> Iterable:
         return []  # unchecked collector: families are built at scrape time
 
 
 class Metrics:
-    def __init__(self, cameras: Callable[[], list[CameraHealth]] = list):
+    def __init__(self, cameras: Callable[[], list[CameraHealth]] = list, archive: Callable[[], dict[str, int]] = dict):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         stage = Histogram("ssae_stage_seconds", "Time per pipeline stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
@@ -69,7 +78,7 @@ class Metrics:
         self._publish_dropped = Counter("ssae_publish_dropped", "Messages the publisher could not send", ["reason"], registry=r)
         self.heartbeats = Counter("ssae_heartbeats", "Heartbeats sent", registry=r)
         self._reloads = Counter("ssae_reloads", "Bundle/threshold reloads", ["result"], registry=r)
-        r.register(_CameraCollector(cameras))
+        r.register(_CameraCollector(cameras, archive))
         self._children: dict[tuple, object] = {}
         self.server = None
 

@@ -133,7 +133,7 @@ def test_every_frame_accounted_for_across_cameras_until_the_daemon_exits(tiny_bu
         assert f.model_id == read_manifest(tiny_bundle).model_id and f.capture_ns <= f.publish_ns and f.mask.encoding == "none"
     assert set(stream.masks["folder"]) == {b""}
     archived = sorted(p.name for p in (tmp_path / "archive" / "folder").glob("*.json"))
-    assert len(archived) == 5
+    assert len(archived) == 5 and daemon._archive_counts()["written"] == 5 + len(stream.frames["video"])
 
 
 def test_wrong_size_or_channels_judged_unknown_with_reason(tiny_bundle, tmp_path, ctx):
@@ -279,7 +279,7 @@ def test_control_status_apply_reload_and_metrics(tiny_bundle, tmp_path, ctx):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'ssae_frames_captured_total{camera="cam"}' in text and 'ssae_stage_seconds_bucket{le="0.001",stage="infer"}' in text
         assert 'ssae_reloads_total{result="failed"} 1.0' in text and 'ssae_camera_state{camera="cam",state="streaming"} 1.0' in text
-        assert 'ssae_frames_judged_total{camera="cam",verdict="ok"}' in text
+        assert 'ssae_frames_judged_total{camera="cam",verdict="ok"}' in text and "ssae_archive" not in text
     finally:
         daemon.request_stop()
         thread.join(10)
