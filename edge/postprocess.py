@@ -3,7 +3,8 @@
     verdict  "defect" when score > image threshold, else "ok"; "unknown" when there is no threshold
     mask     anomaly_map > pixel threshold, uint8 0/255 on the model's input grid
     regions  8-connected parts of the mask of at least min_region_px, largest first, with their box,
-             area and peak map value (so a PLC can sort by size or severity without the mask)
+             area and peak map value (so a PLC can sort by size or severity without the mask); a
+             "defect" always lists at least the part holding the peak, however small
 """
 
 from __future__ import annotations
@@ -57,27 +58,35 @@ def judge(amap: np.ndarray, score: float, thresholds: Thresholds, *, min_region_
     """amap float32 (H, W), score float -> verdict, regions and mask."""
     if not math.isfinite(score):
         return Judgement("unknown", [], None, f"model returned a non-finite score ({score})")
+    defect = thresholds.image is not None and score > thresholds.image
     mask, regions = None, []
     if thresholds.pixel is not None:
-        mask, regions = find_regions(amap, thresholds.pixel, min_region_px=min_region_px, max_regions=max_regions)
+        mask, regions = find_regions(amap, thresholds.pixel, min_region_px=min_region_px, max_regions=max_regions, keep_peak=defect)
     if thresholds.image is None:
         return Judgement("unknown", regions, mask, "uncalibrated: the bundle has no calibration and no threshold is configured; run `ssae calibrate fit` or set image_threshold")
-    return Judgement("defect" if score > thresholds.image else "ok", regions, mask, "")
+    return Judgement("defect" if defect else "ok", regions, mask, "")
 
 
-def find_regions(amap: np.ndarray, pixel_threshold: float, *, min_region_px: int = 4, max_regions: int = 16) -> tuple[np.ndarray, list[Region]]:
-    """Threshold the map and describe its connected parts, largest first."""
+def find_regions(
+    amap: np.ndarray, pixel_threshold: float, *, min_region_px: int = 4, max_regions: int = 16, keep_peak: bool = False
+) -> tuple[np.ndarray, list[Region]]:
+    """Threshold the map and describe its connected parts, largest first.
+
+    keep_peak: when no part reaches min_region_px, still report the one holding the map's maximum, so that a
+    "defect" verdict always comes with the place that caused it.
+    """
     mask = (amap > pixel_threshold).astype(np.uint8)  # (H, W) 0/1
     if max_regions == 0 or not mask.any():
         return mask * 255, []
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     areas = stats[1:, cv2.CC_STAT_AREA]  # label 0 is the background
     order = np.argsort(-areas, kind="stable")
+    chosen = [k + 1 for k in order[:max_regions] if areas[k] >= min_region_px]  # labels, largest first
+    if not chosen and keep_peak:
+        peak_label = int(labels.flat[int(np.argmax(amap))])
+        chosen = [peak_label] if peak_label else []
     regions = []
-    for k in order[:max_regions]:
-        if areas[k] < min_region_px:
-            break  # sorted by area: the rest are smaller still
-        label = k + 1
+    for label in chosen:
         x, y, w, h, area = (int(v) for v in stats[label, :5])
         window = labels[y : y + h, x : x + w] == label
         peak = float(amap[y : y + h, x : x + w][window].max())

@@ -44,6 +44,12 @@ def test_verdicts():
     assert judge(amap, 0.9, t).verdict == "defect"
     ok = judge(amap, 0.7, t)
     assert ok.verdict == "ok" and ok.reason == ""
+    # A defect always names where: the peak's region is kept even below min_region_px.
+    tiny = np.zeros((32, 32), np.float32)
+    tiny[7, 9] = 0.95
+    small = judge(tiny, 0.95, Thresholds(image=0.8, pixel=0.8, origin="config"), min_region_px=4)
+    assert small.verdict == "defect" and [(r.x, r.y, r.area_px) for r in small.regions] == [(9, 7, 1)]
+    assert judge(tiny, 0.95, Thresholds(image=1.0, pixel=0.8, origin="config"), min_region_px=4).regions == []
     uncal = judge(amap, 0.9, Thresholds(image=None, pixel=None, origin="uncalibrated"))
     assert uncal.verdict == "unknown" and uncal.reason.startswith("uncalibrated") and uncal.mask is None
     assert judge(amap, math.nan, t).verdict == "unknown"
