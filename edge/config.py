@@ -145,9 +145,22 @@ class DaemonConfig(Strict, kw_only=True):
             if camera.id in seen:
                 raise ValueError(f"cameras[{i}].id = {camera.id!r} is used twice; give every camera its own id (it is its topic)")
             seen.add(camera.id)
+        if self.control is not None and not self.security.curve and not _local(self.control.endpoint):
+            raise ValueError(
+                f"control.endpoint = {self.control.endpoint!r} would let anyone on the network reload the model; "
+                "bind it to 127.0.0.1 (or ipc://) or set security.curve = true"
+            )
         wildcard = self.control is not None and self.control.endpoint.endswith((":*", ":0"))  # two free ports, not one
         if self.control is not None and not wildcard and self.control.endpoint in self.publish.endpoints:
             raise ValueError(f"control.endpoint = {self.control.endpoint!r} is also a publish endpoint; give it its own port")
+
+
+def _local(endpoint: str) -> bool:
+    """True for endpoints only this machine can reach: ipc://, inproc://, tcp on a loopback address."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = re.sub(r"^\w+://", "", endpoint).rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]", "::1") or host.startswith("127.")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ def test_camera_mistakes_name_field_value_and_fix(tmp_path, extra, expected):
         ("max_batch = 1.5\n" + GOOD, "max_batch = 1.5 is a number; write a whole number"),
         (GOOD + "max_batch = 8\n", "cameras[0].max_batch is not a known key"),  # TOML: keys after [[cameras]] belong to the camera
         (GOOD + '[security]\ncurve = true\n', "security.curve = true needs security.server_secret_key"),
+        (GOOD + '[control]\nendpoint = "tcp://0.0.0.0:5556"\n', "would let anyone on the network reload the model; bind it to 127.0.0.1"),
         ("bundle = \n", "not valid TOML"),
     ],
 )
