@@ -73,5 +73,67 @@ def _curve_hook(client_key: Path | None, server_key: Path | None):
     return curve_client(load_public_key(server_key), keys.public, keys.secret)
 
 
+def bench(
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Bundle to time; default: an untrained default model (timing does not depend on weights).")] = None,
+    size: Annotated[int, typer.Option("--size", min=16, help="Input size of the bundle built when --bundle is not given.")] = 256,
+    frames: Annotated[int, typer.Option("--frames", min=50, help="Frames in the end-to-end video.")] = 600,
+    latency_frames: Annotated[int, typer.Option("--latency-frames", min=20, help="Frames in the paced latency run.")] = 200,
+    measure: Annotated[float, typer.Option("--measure-s", min=0.1, help="Seconds per batch size in the raw timing.")] = 4.0,
+    work: Annotated[Path, typer.Option("--work", help="Folder for the bundle, videos, configs and daemon logs.")] = Path("bench-run"),
+    write: Annotated[Path | None, typer.Option("--write", help="Also replace the 'Edge daemon' section of this file (e.g. BENCHMARKS.md).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Time the daemon against raw ONNX Runtime on this machine; prints a markdown block for BENCHMARKS.md.
+
+    Measures raw throughput per batch, the daemon's end-to-end throughput from an MJPG video to a subscriber
+    process (as a ratio of raw), p50/p99 capture->publish latency in a paced run, and the daemon's peak RSS.
+    """
+    import msgspec
+
+    from edge.bench import format_markdown, run_bench, write_section
+
+    with known_errors():
+        command = "ssae edge bench" + "".join(f" {a}" for a in sys.argv[3:]) if sys.argv[1:3] == ["edge", "bench"] else "ssae edge bench"
+        result = run_bench(bundle=bundle, work=work, size_px=size, frames=frames, latency_frames=latency_frames, measure_s=measure,
+                           command=command, progress=_err)
+        markdown = format_markdown(result)
+        if write is not None:
+            write_section(write, markdown)
+        if json_out is not None:
+            json_out.write_bytes(msgspec.json.encode(result))
+    _out(markdown)
+
+
+def demo(
+    work: Annotated[Path, typer.Option("--work", help="Folder for the model copy, stills, video, daemon config and log.")] = Path("demo-run"),
+    train: Annotated[bool, typer.Option("--train", help="Train the demo model here (minutes) instead of using the shipped one.")] = False,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Use this bundle (copied; its calibration is redone on demo parts).")] = None,
+    frames: Annotated[int, typer.Option("--frames", min=4, help="Parts in the demo video.")] = 120,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="With --train: training steps.")] = None,
+    budget: Annotated[float | None, typer.Option("--budget-min", min=0, help="With --train: stop training after this many minutes.")] = None,
+) -> None:
+    """Run the product end to end, offline, and stop with a summary (what `make demo` runs).
+
+    Model (shipped, trained here, or given), calibration on good and defective parts, a video of parts, the daemon
+    on it and a tap printing each verdict against the defect planted; then frames, defects found vs planted, fps.
+    """
+    import msgspec
+
+    from edge.demo import DemoOptions, format_summary, run_demo
+
+    if train and bundle is not None:
+        raise fail("--train and --bundle exclude each other: train a model here, or bring one")
+    opts = DemoOptions(frames=frames)
+    if steps is not None:
+        opts = msgspec.structs.replace(opts, train_steps=steps)
+    if budget is not None:
+        opts = msgspec.structs.replace(opts, train_budget_min=budget)
+    with known_errors():
+        summary = run_demo(work, opts, bundle="train" if train else (bundle or "shipped"), emit=_out, warn=_err)
+    _out(format_summary(summary))
+
+
 def register(app: typer.Typer) -> None:
     app.command("tap")(tap)
+    app.command("bench")(bench)
+    app.command("demo")(demo)

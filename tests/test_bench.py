@@ -86,3 +86,15 @@ def test_write_section_replaces_only_its_own(tmp_path):
     fresh = tmp_path / "NEW.md"
     write_section(fresh, "## Edge daemon\n\nx\n")
     assert fresh.read_text().startswith("# Benchmarks\n\n## Edge daemon")
+
+
+def test_bench_end_to_end_on_tiny_bundle(tiny_bundle, tmp_path):
+    from edge.bench import run_bench
+
+    result = run_bench(bundle=tiny_bundle, work=tmp_path, frames=60, latency_frames=20, measure_s=0.1, progress=lambda line: None)
+    assert result.size_px == 32 and result.raw.best_fps > 0
+    tp = result.throughput
+    assert tp.frames == 60 and tp.lost == 0 and tp.dropped == 0 and tp.exit_code == 0  # queue "all": every frame
+    assert tp.fps > 0 and 0 < tp.peak_rss_mb < 2000
+    assert result.latency.frames >= 1 and result.latency.latency_p99_ms >= result.latency.latency_p50_ms > 0
+    assert "## Edge daemon" in format_markdown(result)

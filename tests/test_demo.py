@@ -1,0 +1,45 @@
+"""`ssae edge demo` end to end at toy size: real daemon process, real video, real tap; accounting checked."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import msgspec
+import pytest
+
+from edge.demo import TINY, DemoOptions, run_demo, to_toml
+
+
+def test_demo_with_a_given_bundle_accounts_for_every_part(tiny_bundle, tmp_path):
+    lines, warnings = [], []
+    opts = msgspec.structs.replace(TINY, frames=12)
+    summary = run_demo(tmp_path / "work", opts, bundle=tiny_bundle, emit=lines.append, warn=warnings.append, progress=False)
+    truth = json.loads((tmp_path / "work" / "ground_truth.json").read_text())
+    assert len(truth) == 12 and summary.frames_sent == 12
+    assert summary.frames_received == 12 and summary.lost == 0 and summary.dropped == 0 and summary.daemon_exit == 0
+    assert summary.planted == sum(t["defect"] is not None for t in truth) == 3
+    assert summary.found + summary.missed == summary.planted
+    assert summary.fps > 0
+    frame_lines = [line for line in lines if line.startswith("parts seq=")]
+    assert len(frame_lines) == 12
+    assert sum("planted" in line for line in frame_lines) == 3
+    manifest = json.loads((tmp_path / "work" / "bundle" / "manifest.json").read_text())
+    assert manifest["calibration"]["n_good"] == opts.calib_good  # calibrated by the calibrate package
+    assert json.loads((tiny_bundle / "manifest.json").read_text())["calibration"] is None  # the original is untouched
+
+
+def test_to_toml_round_trips_a_daemon_config():
+    from edge.config import config_from_dict
+
+    raw = {"bundle": "b", "name": "demo", "cameras": [{"id": "parts", "source": "v.avi", "props": {"FPS": 30.0}, "crop": {"w": 8, "h": 8}}],
+           "publish": {"endpoints": ["tcp://127.0.0.1:1"]}}
+    cfg = config_from_dict(raw)
+    assert config_from_dict(tomllib.loads(to_toml(msgspec.to_builtins(cfg)))) == cfg
+
+
+def test_default_options_need_no_training_config_surprises():
+    opts = DemoOptions()
+    assert opts.size_px % 16 == 0 and opts.calib_good >= 299  # 1 % false-reject at 95 % needs 299 goods
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"size_px": "big"}, DemoOptions)
