@@ -98,6 +98,12 @@ class TorchCudaBackend:
         warmup: bool = True,
         cpu_threads: int = 0,
     ):
+        """max_batch: frames per submit; device: "cuda", "cuda:N" or "cpu"; precision: fp16 (default on
+        CUDA), fp32, or bf16; in_flight: slots (>= 2 for overlap); pinned: page-locked host buffers (off
+        only to measure what they bring); cuda_graphs: replay graphs captured at graph_batches (default
+        powers of two up to max_batch); channels_last: NHWC weights for tensor-core kernels; warmup: run
+        batch 1 and max_batch once so the first frame on the line is not the slow one.
+        """
         from edge.gpu_stack import import_torch
 
         torch = import_torch(device)
