@@ -122,6 +122,11 @@ class Daemon:
         """Re-read the bundle (and on SIGHUP the config's bundle and thresholds); swap only when all of it
         loaded. Thresholds applied over control are replaced: a reload means "what is on disk now"."""
         with self.reload_lock:
+            if reread_config and self.security is not None:
+                try:  # SIGHUP also re-reads the CURVE allow-list: admits new clients (revoking needs a restart)
+                    self.security.auth.reload()
+                except (UserError, OSError) as e:
+                    log.error("allow-list reload failed, the old list stays: %s", e)
             try:
                 path, thresholds = bundle or self.bundle_path, self.config_thresholds
                 if reread_config and self.config_path is not None:

@@ -97,6 +97,18 @@ def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path):
             )  # fmt: skip
         with pytest.raises(TimeoutError):
             send_request(daemon.control.endpoints[0], Status(), timeout_s=0.5, ctx=ctx)  # no CURVE at all
+
+        # SIGHUP re-reads the allow-list: a newly listed client gets in without a restart.
+        (allow / "intruder.key").write_bytes(unknown.public.read_bytes())
+        daemon.request_reload()
+        deadline = time.monotonic() + 10
+        while len(daemon.security.auth.allowed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        late = send_request(
+            daemon.control.endpoints[0], Status(), timeout_s=5, ctx=ctx,
+            secure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(unknown.secret), server_public_key=str(server.public))),
+        )  # fmt: skip
+        assert late.ok
         for s in (intruder, plain, good):
             s.close()
     finally:
