@@ -188,6 +188,7 @@ def run_modbus_adapter(cfg: AdapterConfig, stop: threading.Event, notify: Callab
     alive = False
     overflows = 0
     last: Outputs | None = None
+    last_status = -1
     with subscriber, link:
         log.info("adapter: following %s, PLC %s:%d", d.endpoint, cfg.plc.host, cfg.plc.port)
         notify("READY=1")
@@ -224,9 +225,11 @@ def run_modbus_adapter(cfg: AdapterConfig, stop: threading.Event, notify: Callab
                 reject_hold=status != 0 and cfg.reject.reject_all_when_unavailable,
                 registers=_registers(cfg, tally, status),
             )
+            if status != last_status:
+                detail = f" ({', '.join(health.cameras_down)})" if status & STATUS_BITS["camera_down"] else ""
+                (log.warning if status else log.info)("inspection %s%s", "unavailable: " + describe_status(status) if status else "available", detail)
+                last_status = status
             if outputs != last:
-                if last is None or (last.unavailable != outputs.unavailable):
-                    (log.warning if outputs.unavailable else log.info)("inspection %s", describe_status(status))
                 if link.submit(outputs):
                     last = outputs
             if not link.is_alive():

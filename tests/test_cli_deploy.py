@@ -10,10 +10,8 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import msgspec
 import pytest
 import zmq
 from test_adapter_modbus import ALIVE, REJECT, STATUS, UNAVAILABLE, Daemon, PlcSim, free_port, wait_for
