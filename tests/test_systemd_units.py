@@ -102,3 +102,18 @@ def test_systemd_analyze_verify(tmp_path):
     )  # fmt: skip
     # Unknown keys and bad values are only warnings (exit 0), so any output counts as a failure.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed (apt-get install systemd)")
+def test_sysusers_creates_the_service_user_in_group_video(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nvideo:x:44:\n")
+    result = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(UNITS / "ssae.sysusers")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    user = [line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("ssae:")]
+    assert user and user[0][5] == "/var/lib/ssae" and user[0][6].endswith("nologin")
+    video = [line for line in (tmp_path / "etc/group").read_text().splitlines() if line.startswith("video:")]
+    assert video[0].split(":")[3] == "ssae"
