@@ -130,7 +130,7 @@ class DaemonConfig(Strict, kw_only=True):
     max_batch: Annotated[int, Meta(ge=1, le=256)] = 8  # frames per inference call, gathered across cameras
     batch_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 0.0  # wait this long to fill a batch; 0 = take what is ready (latency first)
     image_threshold: Annotated[float, Meta(ge=0)] | None = None  # overrides the bundle's calibration
-    pixel_threshold: Annotated[float, Meta(ge=0)] | None = None  # overrides it too; default = the image threshold
+    pixel_threshold: Annotated[float, Meta(ge=0)] | None = None  # mask threshold; default: the calibration's, else image_threshold
     drain_timeout_s: Seconds = 10.0  # on SIGTERM, time to finish in-flight frames before giving up
     publish: PublishConfig = PublishConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
