@@ -64,7 +64,7 @@ Command = Outputs | TimedPulse | EncoderPulse
 
 class LinkStats(msgspec.Struct, frozen=True, kw_only=True):
     connected: bool
-    connects: int  # successful connects (the first one included)
+    connects: int  # connections that answered a request (the first one included)
     failures: int  # failed connects and failed requests
     pulses: int
     late: int  # pulses asked to start in the past: latency exceeded the configured delay
@@ -119,6 +119,7 @@ class PlcLink:
         self._want = Outputs()
         self._written: dict[tuple[str, int], int] = {}  # ("coil"|"reg", address) -> last value the PLC acknowledged
         self._client: ModbusTcpClient | None = None
+        self._confirmed = False  # the current connection has answered a request
         self._backoff_s = plc.reconnect_min_s
         self._next_connect_s = 0.0
         self._connects = self._failures = self._missed_offline = 0
@@ -215,16 +216,25 @@ class PlcLink:
         client = ModbusTcpClient(self.plc.host, port=self.plc.port, timeout=self.plc.timeout_s, retries=0)
         if client.connect():
             self._client = client
-            self._connects += 1
+            self._confirmed = False  # a TCP accept is not yet a PLC: the first answered request confirms it
             self._written.clear()  # the PLC may have restarted: write everything again
-            self._backoff_s = self.plc.reconnect_min_s
-            log.info("PLC %s:%d connected", self.plc.host, self.plc.port)
             return
         client.close()
         self._failures += 1
-        self._next_connect_s = now + self._backoff_s
         log.warning("PLC %s:%d unreachable; next try in %.1f s", self.plc.host, self.plc.port, self._backoff_s)
+        self._retry_later(now)
+
+    def _retry_later(self, now: float) -> None:
+        self._next_connect_s = now + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, self.plc.reconnect_max_s)
+
+    def _answered(self) -> None:
+        """A request got a reply: the link works, so the next failure starts the backoff from the bottom."""
+        if not self._confirmed:
+            self._confirmed = True
+            self._connects += 1
+            self._backoff_s = self.plc.reconnect_min_s
+            log.info("PLC %s:%d connected", self.plc.host, self.plc.port)
 
     def _disconnect(self) -> None:
         if self._client is not None:
@@ -233,9 +243,9 @@ class PlcLink:
 
     def _lost(self, what: str, error: Exception) -> None:
         self._failures += 1
-        log.warning("PLC %s:%d: %s failed (%s); reconnecting", self.plc.host, self.plc.port, what, error)
+        log.warning("PLC %s:%d: %s failed (%s); reconnecting in %.1f s", self.plc.host, self.plc.port, what, error, self._backoff_s)
         self._disconnect()
-        self._next_connect_s = time.monotonic() + self._backoff_s
+        self._retry_later(time.monotonic())
 
     def _desired(self, now: float) -> dict[tuple[str, int], int]:
         o, w = self.outputs_cfg, self._want
@@ -261,9 +271,10 @@ class PlcLink:
                 reply = self._client.write_coil(address, bool(value), device_id=self.plc.device_id)
             else:
                 reply = self._client.write_register(address, value, device_id=self.plc.device_id)
-        except ModbusException as e:
+        except (ModbusException, OSError) as e:  # pymodbus lets a reset socket's OSError through
             self._lost(f"writing {kind} {address}", e)
             return False
+        self._answered()
         if reply.isError():
             # The PLC refused (wrong address, read-only area): a config error, not a link error. Say so once
             # per value and carry on with the other outputs.
@@ -280,9 +291,10 @@ class PlcLink:
         read = self._client.read_holding_registers if enc.cfg.kind == "holding" else self._client.read_input_registers
         try:
             reply = read(enc.cfg.register, count=enc.cfg.words, device_id=self.plc.device_id)
-        except ModbusException as e:
+        except (ModbusException, OSError) as e:  # pymodbus lets a reset socket's OSError through
             self._lost(f"reading encoder register {enc.cfg.register}", e)
             return
+        self._answered()
         if reply.isError():
             log.error("PLC refused to read encoder register %d (%s); check reject.encoder.register", enc.cfg.register, reply)
             return

@@ -21,6 +21,9 @@ from edge.adapter_config import AdapterConfig
 from edge.adapter_modbus import run_modbus_adapter
 from edge.plc_link import STATUS_BITS
 
+# A crash in the adapter's own threads must fail the test, not pass as a warning.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 REJECT, UNAVAILABLE, ALIVE = 10, 11, 12  # coils
 SCORE, THRESHOLD, TOTAL, WINDOW, STATUS, ENCODER = 0, 1, 2, 3, 4, 20  # holding registers
 PERIOD_S = 0.1  # heartbeat period: 3 missed = 0.3 s
@@ -412,3 +415,35 @@ def test_adapter_over_curve(tmp_path):
         auth.stop()
         ctx.destroy(linger=0)
     assert not t.is_alive()
+
+
+def test_reconnect_backs_off_when_the_plc_accepts_then_hangs_up(rig):
+    """A peer that accepts TCP and closes at once (a wrong port, a gateway without its PLC) must not be
+    hammered: a bare TCP accept does not reset the backoff, only an answered request does."""
+    plc, daemon = rig.plc, rig.daemon
+    plc.stop()
+    accepted = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", plc.port))
+        listener.listen(16)
+        listener.settimeout(0.05)
+        cfg = make_config(daemon.endpoint, plc.port)  # backoff 0.05 s doubling to 0.2 s
+        stop = threading.Event()
+        t = threading.Thread(target=run_modbus_adapter, args=(cfg, stop), name="adapter-under-test", daemon=True)
+        t.start()
+        try:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(time.monotonic())
+                conn.close()
+        finally:
+            stop.set()
+            t.join(5)
+    gaps = [b - a for a, b in zip(accepted, accepted[1:])]
+    assert len(accepted) >= 3, accepted
+    assert len(accepted) <= 16  # 2 s at the 0.2 s cap: about 11; without backoff it would be about 40
+    assert max(gaps) >= 0.15  # the delay grew to the cap
