@@ -45,6 +45,7 @@ class Fp16Result(msgspec.Struct, frozen=True, kw_only=True):
     nearest_margin: float | None  # smallest |s32 - threshold|: how close any image came
     flips: int | None  # verdicts that differ between FP32 and FP16 (None without a threshold)
     flipped: tuple[str, ...] = ()
+    near_threshold: int | None = None  # images whose FP32 score lies within the largest FP16 change of the threshold
     auroc_fp32: float | None = None
     auroc_fp16: float | None = None
     keep_fp32_ops: tuple[str, ...] = ()
@@ -214,13 +215,14 @@ def judge(
     diff = np.abs(score16 - score32)
     rel = diff / np.maximum(np.abs(score32), np.finfo(np.float32).tiny)
     names = names or tuple(str(i) for i in range(len(score32)))
-    flips = margin = None
+    flips = margin = near = None
     flipped: tuple[str, ...] = ()
     if threshold is not None:
         changed = (score32 > threshold) != (score16 > threshold)  # same rule as the daemon: score > threshold is a defect
         flips = int(changed.sum())
         flipped = tuple(names[i] for i in np.flatnonzero(changed))
         margin = float(np.abs(score32 - threshold).min())
+        near = int((np.abs(score32 - threshold) <= diff.max()).sum())  # could have flipped at this error size
     auc32 = auc16 = None
     if labels is not None and 0 < sum(labels) < len(labels):
         auc32, auc16 = auroc(score32, np.array(labels)), auroc(score16, np.array(labels))
@@ -250,6 +252,7 @@ def judge(
         nearest_margin=margin,
         flips=flips,
         flipped=flipped,
+        near_threshold=near,
         auroc_fp32=auc32,
         auroc_fp16=auc16,
         keep_fp32_ops=tuple(keep_fp32_ops),
@@ -282,6 +285,7 @@ def format_result(r: Fp16Result) -> str:
         f"score |fp16-fp32|      max {r.score_max_abs_diff:.3g}, mean {r.score_mean_abs_diff:.3g}, max relative {r.score_max_rel_diff:.3%}",
         f"map |fp16-fp32|        max {r.map_max_abs_diff:.3g}",
         f"threshold              {num(r.threshold)} ({r.threshold_source}); nearest score {num(r.nearest_margin, '.3g')} away",
+        f"near the threshold     {num(r.near_threshold, 'd')} image(s) within the largest FP16 change of it",
         f"verdict flips          {num(r.flips, 'd')}" + (f": {', '.join(r.flipped[:5])}" + (" …" if len(r.flipped) > 5 else "") if r.flipped else ""),
         f"image AUROC            fp32 {num(r.auroc_fp32, '.4f')}, fp16 {num(r.auroc_fp16, '.4f')}",
         f"kept in fp32           {', '.join(r.keep_fp32_ops) or 'nothing'}",

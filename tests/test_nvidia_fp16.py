@@ -86,7 +86,7 @@ def test_judge_counts_flips_and_auroc_moves():
     maps = np.zeros((5, 2, 2))
     r = judge(s32, s16, maps, maps, labels=(0, 0, 0, 1, 1), names=tuple("abcde"), threshold=0.3, threshold_source="given")
     assert r.flips == 2 and r.flipped == ("c", "d") and not r.passed
-    assert r.nearest_margin == pytest.approx(0.01)
+    assert r.nearest_margin == pytest.approx(0.01) and r.near_threshold == 2  # 0.29 and 0.31 lie within 0.02 of 0.3
     assert r.auroc_fp32 == 1.0 and r.auroc_fp16 == pytest.approx(5 / 6)
     assert "2 verdict(s) flip" in r.verdict and "AUROC moves" in r.verdict
     assert r.score_max_abs_diff == pytest.approx(0.02) and r.score_max_rel_diff == pytest.approx(0.02 / 0.29)
