@@ -119,8 +119,9 @@ def main() -> None:
     recipes = args.recipes.split(",")
     rows = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    for category in args.categories.split(","):
-        for recipe in recipes:
+    # Recipe-major: the default recipe's figures for every category come first.
+    for recipe in recipes:
+        for category in args.categories.split(","):
             rows.append(fit_and_eval(data, args.out, category, recipe, args.steps, args.reuse))
             header = (f"Command: `python bench/quality.py --categories {args.categories} --recipes {args.recipes}"
                       f"{f' --steps {args.steps}' if args.steps else ''}` (started {started})  \n"

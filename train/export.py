@@ -47,10 +47,17 @@ def gaussian_kernel(sigma_px: float) -> torch.Tensor:
 class InferenceGraph(nn.Module):
     """frames uint8 (N, H, W, C) -> anomaly_map float32 (N, H, W), score float32 (N,)."""
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], smooth_sigma_px: float):
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], smooth_sigma_px: float,
+                 row_gain: list[float] | None = None, col_gain: list[float] | None = None):
         super().__init__()
         self.net = net
         c = len(mean)
+        # Border correction: the reconstruction error of normal images is higher in the outermost rows and
+        # columns (less context there), which would put every good image's maximum on its border. The
+        # expected error per row and per column, measured on good images after training (>= 1, 1 inside),
+        # divides it out. Empty lists: no correction.
+        self.register_buffer("row_gain", torch.tensor(row_gain or [], dtype=torch.float32).view(1, 1, -1, 1))
+        self.register_buffer("col_gain", torch.tensor(col_gain or [], dtype=torch.float32).view(1, 1, 1, -1))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
         k = gaussian_kernel(smooth_sigma_px)
@@ -66,6 +73,8 @@ class InferenceGraph(nn.Module):
     def error_map(self, x01: torch.Tensor, recon_norm: torch.Tensor) -> torch.Tensor:
         recon01 = recon_norm * self.std + self.mean
         err = ((recon01 - x01) ** 2).mean(dim=1, keepdim=True)  # (N, 1, H, W), in [0,1]^2 units
+        if self.row_gain.numel():
+            err = err / (self.row_gain * self.col_gain)
         r = self.radius
         # Reflect padding needs the pad smaller than the side; replicate works for any size.
         err = F.conv2d(F.pad(err, (r, r, 0, 0), mode="replicate"), self.kx)
@@ -77,6 +86,36 @@ class InferenceGraph(nn.Module):
         amap = self.error_map(x01, self.net(x))
         score = amap.flatten(1).amax(dim=1)  # (N,)
         return amap, score
+
+
+def raw_error(graph: InferenceGraph, frames: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Unsmoothed, uncorrected channel-mean squared error, float32 (N, H, W)."""
+    out = []
+    graph = graph.eval()
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            x01, x = graph.normalise(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])))
+            recon01 = graph.net(x) * graph.std + graph.mean
+            out.append(((recon01 - x01) ** 2).mean(dim=1).numpy())
+    return np.concatenate(out)
+
+
+def border_gains(err: np.ndarray, margin_frac: float = 0.0625) -> tuple[list[float], list[float]]:
+    """Expected error per row and per column of good images, relative to the interior, floored at 1.
+
+    Only the outer margin (1/16 of the side) is corrected: that is where padding costs context; inside,
+    any structure of the normal error belongs to the part and is left alone.
+    """
+    def profile(p: np.ndarray) -> list[float]:
+        n = len(p)
+        m = max(1, int(round(n * margin_frac)))
+        inner = float(np.median(p[m : n - m])) if n > 2 * m else float(np.median(p))
+        gain = np.ones(n)
+        edge = np.r_[0:m, n - m : n]
+        gain[edge] = np.maximum(1.0, p[edge] / max(inner, 1e-12))
+        return gain.tolist()
+
+    return profile(err.mean(axis=(0, 2))), profile(err.mean(axis=(0, 1)))
 
 
 def export_onnx(graph: InferenceGraph, path: Path, height: int, width: int, channels: int) -> None:

@@ -25,7 +25,7 @@ from edge.manifest import Calibration, Provenance, ScoreStats, atomic_write_byte
 from train.config import TrainConfig
 from train.corrupt import corrupt
 from train.data import channel_stats, load_images, split_holdout, train_folder
-from train.export import InferenceGraph, code_version, export_bundle, now_iso, run_graph
+from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
 from train.model import FilterAE, ModelConfig, count_params
 
 CKPT_NAME = "ckpt.pt"
@@ -238,6 +238,11 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if rank == 0:
         net.eval().cpu().to(memory_format=torch.contiguous_format)
         graph = InferenceGraph(net, mean, std, cfg.sigma_px(width))
+        sample = images[np.random.default_rng(cfg.seed).permutation(n)[:128]]
+        row_gain, col_gain = border_gains(raw_error(graph, sample))
+        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), row_gain, col_gain)
+        final = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        save_checkpoint(ckpt_path, {**final, "row_gain": row_gain, "col_gain": col_gain})  # the file rebuilds the exported graph
         provenance = Provenance(
             data=str(data), category=category, recipe=cfg.recipe, recipe_config=msgspec.to_builtins(cfg), seed=cfg.seed,
             steps=step, train_seconds=round(elapsed, 1), code_version=code_version(), created=now_iso(),
@@ -259,4 +264,4 @@ def graph_from_checkpoint(path: Path) -> InferenceGraph:
     net = FilterAE(msgspec.convert(state["config"]["model"], type=ModelConfig))
     net.load_state_dict(state["model"])
     width = state.get("width") or 0
-    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width))
+    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width), state.get("row_gain"), state.get("col_gain"))
