@@ -49,9 +49,11 @@ class DemoOptions(msgspec.Struct, frozen=True, kw_only=True):
     bottleneck_blocks: int = 2
     dilations: tuple[int, ...] = (1, 2, 4)
     skip_levels: int = 3
-    calib_good: int = 300  # the fewest for a false-reject target of 1% at 95% confidence (order statistic)
+    calib_good: int = 300  # a 2% target at 95% confidence may then take the 2nd-largest good score
     calib_defect: int = 30
-    target_false_reject: float = 0.01
+    # 2%, not a production-like 0.1%: 300 goods cannot back less than 1%, and at 1% the single most unusual
+    # good part sets the threshold and faint scratches pass; the summary shows the trade-off either way.
+    target_false_reject: float = 0.02
     frames: int = 120
     defect_fraction: float = 0.25
     jpeg_quality: int = 95  # video and stills alike

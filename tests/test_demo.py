@@ -40,6 +40,19 @@ def test_to_toml_round_trips_a_daemon_config():
 
 def test_default_options_need_no_training_config_surprises():
     opts = DemoOptions()
-    assert opts.size_px % 16 == 0 and opts.calib_good >= 299  # 1 % false-reject at 95 % needs 299 goods
+    assert opts.size_px % 16 == 0 and opts.calib_good >= 149  # a 2 % false-reject target at 95 % needs 149 goods
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"size_px": "big"}, DemoOptions)
+
+
+def test_shipped_demo_bundle_loads_and_finds_planted_defects(tmp_path):
+    from edge.bundle import load_bundle
+    from edge.demo import SHIPPED_BUNDLE
+
+    bundle = load_bundle(SHIPPED_BUNDLE)  # hash and format checked: a stale shipped model fails here first
+    assert (bundle.manifest.input.height_px, bundle.manifest.input.width_px) == (64, 64)
+    opts = DemoOptions(frames=24, calib_good=150, calib_defect=15)
+    summary = run_demo(tmp_path / "work", opts, emit=lambda line: None, warn=lambda line: None, progress=False)
+    assert summary.frames_received == 24 and summary.lost == 0 and summary.planted == 6
+    assert summary.found >= 4 and summary.false_alarms <= 1, summary
+    assert "shipped" in summary.model
