@@ -121,6 +121,15 @@ class ArchiveConfig(Strict, kw_only=True):
     queue_size: Annotated[int, Meta(ge=1, le=1000)] = 16  # frames waiting to be written; beyond it they are skipped and counted
 
 
+class GpuConfig(Strict, kw_only=True):
+    """Options of the NVIDIA backends (backend = "tensorrt" or "torch-cuda"); onnxruntime takes none."""
+
+    device: str = "cuda"  # "cuda:N" picks a GPU; "cpu": torch-cuda's pipeline on the CPU (tests, no GPU)
+    precision: Literal["fp16", "fp32", "bf16"] | None = None  # absent: fp16 on a GPU, fp32 on the CPU; bf16 is torch-cuda only
+    in_flight: Annotated[int, Meta(ge=1, le=8)] = 2  # batches on the device at once; 2 overlap upload, compute and download
+    cuda_graphs: bool = False  # torch-cuda on a GPU: replay captured CUDA graphs (less launch overhead at small batches)
+
+
 class DaemonConfig(Strict, kw_only=True):
     bundle: str  # the folder with model.onnx and manifest.json
     cameras: Annotated[list[CameraConfig], Meta(min_length=1)]
@@ -138,8 +147,10 @@ class DaemonConfig(Strict, kw_only=True):
     control: ControlConfig | None = None  # absent: no control endpoint (SIGHUP still reloads)
     archive: ArchiveConfig | None = None  # absent: nothing written to disk
     security: SecurityConfig = SecurityConfig()  # CURVE on the stream and the control endpoint (edge/security.py)
+    gpu: GpuConfig = GpuConfig()  # backend = "tensorrt" / "torch-cuda": device, precision, batches in flight
 
     def __post_init__(self):
+        self._check_gpu()
         seen: set[str] = set()
         for i, camera in enumerate(self.cameras):
             if camera.id in seen:
@@ -153,6 +164,26 @@ class DaemonConfig(Strict, kw_only=True):
         wildcard = self.control is not None and self.control.endpoint.endswith((":*", ":0"))  # two free ports, not one
         if self.control is not None and not wildcard and self.control.endpoint in self.publish.endpoints:
             raise ValueError(f"control.endpoint = {self.control.endpoint!r} is also a publish endpoint; give it its own port")
+
+
+    def _check_gpu(self) -> None:
+        gpu = self.gpu
+        if self.backend == "onnxruntime":
+            if gpu != GpuConfig():
+                raise ValueError('gpu.* applies to backend = "tensorrt" or "torch-cuda"; remove the [gpu] table or choose one of those backends')
+            return
+        if not re.fullmatch(r"cuda(:[0-9]+)?|cpu", gpu.device):
+            raise ValueError(f'gpu.device = "{gpu.device}" is not a device; write "cuda", "cuda:N" (N the GPU index) or "cpu"')
+        if gpu.device == "cpu" and self.backend == "tensorrt":
+            raise ValueError('gpu.device = "cpu" is for backend = "torch-cuda" only (TensorRT needs a GPU); set "cuda" or "cuda:N"')
+        if gpu.device == "cpu" and gpu.precision == "fp16":
+            raise ValueError('gpu.precision = "fp16" needs a GPU; with gpu.device = "cpu" use "fp32" or "bf16"')
+        if gpu.device == "cpu" and gpu.cuda_graphs:
+            raise ValueError('gpu.cuda_graphs = true needs a GPU; set it false with gpu.device = "cpu"')
+        if self.backend == "tensorrt" and gpu.precision == "bf16":
+            raise ValueError('gpu.precision = "bf16" is for backend = "torch-cuda"; TensorRT engines are built "fp16" or "fp32"')
+        if self.backend == "tensorrt" and gpu.cuda_graphs:
+            raise ValueError('gpu.cuda_graphs is for backend = "torch-cuda" (TensorRT launches its own kernels); remove it')
 
 
 def _local(endpoint: str) -> bool:

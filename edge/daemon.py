@@ -1,7 +1,7 @@
 """The edge daemon: cameras -> one batching inference worker -> post-processing -> ZeroMQ publisher.
 
     capture-<cam> ──► queue (latest | all) ─┐
-    capture-<cam> ──► queue (latest | all) ─┼─► inference (edge/worker.py): fit_frame, backend.infer (batch across cameras),
+    capture-<cam> ──► queue (latest | all) ─┼─► inference (edge/worker.py): fit_frame, backend (batch across cameras; ≥ 2 in flight on a GPU),
                                              │   judge (verdict, mask, regions) ──► publisher ──► XPUB
                                              │                                  └─► archive (optional)
     control (REP) ── reload / apply / status ┘          heartbeats on health.<name> every heartbeat_s
@@ -80,7 +80,9 @@ class Daemon:
                 self.security.stop()
             self.ctx.destroy(linger=0)
             raise
-        self.worker = InferenceWorker(cfg, self.captures, self.notify, self._current, self.publisher, self.archive, self.metrics)
+        self.worker = InferenceWorker(
+            cfg, self.captures, self.notify, self._current, self.publisher, self.archive, self.metrics, take_retired=self._take_retired
+        )
 
     # --- model loading ------------------------------------------------------------------------------
     def _load_model(self, path: str, image: float | None, pixel: float | None, origin: str = "config", reuse: Model | None = None) -> Model:
@@ -90,7 +92,7 @@ class Daemon:
         if reuse is not None and reuse.bundle.model_id == bundle.model_id and reuse.bundle.path == bundle.path:
             return Model(bundle, reuse.backend, thresholds)
         try:
-            backend = open_backend(bundle, self.cfg.backend, threads=self.cfg.threads, max_batch=self.cfg.max_batch)
+            backend = open_backend(bundle, self.cfg.backend, threads=self.cfg.threads, max_batch=self.cfg.max_batch, **backend_options(self.cfg))
         except ImportError as e:
             raise UserError(f"backend = {self.cfg.backend!r} is not available here ({e}); install it or use backend = \"onnxruntime\"") from None
         spec = bundle.manifest.input
@@ -111,11 +113,13 @@ class Daemon:
 
     def _current(self) -> Model:
         with self.model_lock:
+            return self.model
+
+    def _take_retired(self) -> list[Backend]:
+        """Backends swapped out since the last call; the worker closes them once nothing runs on them."""
+        with self.model_lock:
             retired, self.retired = self.retired, []
-            model = self.model
-        for backend in retired:
-            backend.close()
-        return model
+        return retired
 
     # --- reload / control -----------------------------------------------------------------------------
     def reload(self, bundle: str | None = None, *, reread_config: bool = False) -> Reply:
@@ -329,6 +333,20 @@ def serve(cfg: DaemonConfig, config_path: str | Path | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def backend_options(cfg: DaemonConfig) -> dict:
+    """The [gpu] table as the chosen backend's constructor options (none for ONNX Runtime)."""
+    gpu = cfg.gpu
+    if cfg.backend == "torch-cuda":
+        options = dict(device=gpu.device, in_flight=gpu.in_flight, cuda_graphs=gpu.cuda_graphs, precision=gpu.precision)
+        if gpu.device == "cpu":
+            options["cpu_threads"] = cfg.threads  # torch's own thread pool; on a GPU the CPU only feeds it
+        return options
+    if cfg.backend == "tensorrt":
+        index = int(gpu.device.partition(":")[2] or 0)  # "cuda" is device 0
+        return dict(device_index=index, in_flight=gpu.in_flight, fp16=gpu.precision != "fp32")
+    return {}
 
 
 def _describe(t: Thresholds) -> str:

@@ -3,9 +3,11 @@
 Latencies are observed where they happen (histograms per stage). Camera counters are not duplicated:
 a collector reads the captures' own counters at scrape time, so the heartbeat and /metrics agree.
 
-    ssae_stage_seconds{stage}                 queue_wait, preprocess, infer (per batch), postprocess, publish_wait
+    ssae_stage_seconds{stage}                 queue_wait, preprocess, infer (per batch, submit to results), postprocess, publish_wait
     ssae_capture_to_publish_seconds{camera}   grab to send, the latency a PLC sees
     ssae_batch_size                            frames per inference call
+    ssae_batches_in_flight                     batches in the backend at each submit, that one included (1 = no overlap)
+    ssae_device_stage_seconds{stage}          h2d, compute, d2h per batch, timed on the device (TensorRT, torch-cuda)
     ssae_frames_judged_total{camera,verdict}
     ssae_frames_captured_total / ssae_frames_dropped_total / ssae_reconnects_total / ssae_skipped_files_total {camera}
     ssae_camera_fps{camera}, ssae_camera_state{camera,state} (1 for the current state)
@@ -26,9 +28,12 @@ from edge.clitools import UserError
 from edge.wire import CameraHealth
 
 STAGES = ("queue_wait", "preprocess", "infer", "postprocess", "publish_wait")
+DEVICE_STAGES = ("h2d", "compute", "d2h")
 STATES = ("starting", "streaming", "reconnecting", "failed", "finished")
 # From 0.5 ms to 10 s: a 32x32 test model and a 1024x1024 CPU model both land inside.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A GPU uploads a 256x256 frame in tens of microseconds: device stages start at 10 us.
+DEVICE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _CameraCollector:
@@ -74,6 +79,9 @@ class Metrics:
         self.stage = {name: stage.labels(name) for name in STAGES}  # children cached: labels() costs a lookup
         self._e2e = Histogram("ssae_capture_to_publish_seconds", "Grab to send", ["camera"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("ssae_batch_size", "Frames per inference call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.in_flight = Histogram("ssae_batches_in_flight", "Batches in the backend at each submit, that one included", buckets=(1, 2, 3, 4, 8), registry=r)
+        device = Histogram("ssae_device_stage_seconds", "Upload, compute and download per batch, timed on the device", ["stage"], buckets=DEVICE_BUCKETS, registry=r)
+        self.device_stage = {name: device.labels(name) for name in DEVICE_STAGES}
         self._judged = Counter("ssae_frames_judged", "Frames judged, by verdict", ["camera", "verdict"], registry=r)
         self._publish_dropped = Counter("ssae_publish_dropped", "Messages the publisher could not send", ["reason"], registry=r)
         self.heartbeats = Counter("ssae_heartbeats", "Heartbeats sent", registry=r)

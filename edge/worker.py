@@ -1,11 +1,19 @@
 """The inference worker: gathers frames across cameras into batches, runs the model, judges, hands over.
 
     captures' queues ──► gather (≤ max_batch, fair across cameras) ──► fit_frame (crop, resize, channels)
-        ──► backend.infer (one call per batch) ──► judge (verdict, mask, regions) ──► publisher (+ archive)
+        ──► backend (edge/pipeline.py) ──► judge (verdict, mask, regions) ──► publisher (+ archive)
+
+With a pipelined backend (TensorRT, torch-cuda) batch k+1 is submitted before batch k is collected, so
+the device uploads, computes and downloads consecutive batches at once; when the queues are empty the
+worker collects what is in flight at once instead of waiting for more frames, so a lone frame is not held.
+Batches are collected in submission order: frames keep their order, and each camera its seq order. A
+blocking backend (ONNX Runtime) runs each batch as it is submitted and it is published at once.
 
 A frame that cannot be judged (wrong size or channels, a backend error, a post-processing error) is still
 published, as verdict "unknown" with the reason: the line never loses a part silently. The model is read
-once per batch through `current_model`, so a reload takes effect between two batches, never inside one.
+once per batch through `current_model`, so a reload takes effect between two batches, never inside one;
+when the reload brought another backend, the batches still in flight on the old one are collected and
+published first, and only then is the old one closed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from edge.bundle import Bundle
 from edge.capture import Capture, Frame
 from edge.config import DaemonConfig
 from edge.metrics import Metrics
+from edge.pipeline import Pipeline, Result
 from edge.postprocess import Thresholds, encode_mask, judge
 from edge.preprocess import FrameError, Roi, fit_frame
 from edge.publisher import Outgoing, Publisher
@@ -41,6 +50,15 @@ class Model(NamedTuple):
     thresholds: Thresholds
 
 
+class Job(NamedTuple):
+    """One batch on its way through the backend, with what judging it needs afterwards."""
+
+    frames: list[Frame]
+    model: Model  # the model the batch was submitted with: its thresholds judge it, even after a reload
+    rois: dict[int, Roi]  # frame index -> the part of the frame the model saw
+    reasons: dict[int, str]  # frame index -> why it is not judged; the others went to the backend, in order
+
+
 class InferenceWorker:
     def __init__(
         self,
@@ -51,11 +69,13 @@ class InferenceWorker:
         publisher: Publisher,
         archive: Archive | None,
         metrics: Metrics,
+        take_retired: Callable[[], list[Backend]] = list,
     ):
         self.cfg = cfg
         self.captures = captures
         self.notify = notify  # set by any capture when it queued a frame
         self.current_model = current_model
+        self.take_retired = take_retired  # backends swapped out by reloads: the worker closes them when idle on them
         self.publisher = publisher
         self.archive = archive
         self.metrics = metrics
@@ -70,7 +90,7 @@ class InferenceWorker:
         self.thread.start()
 
     def stop(self) -> None:
-        """Call after the captures have stopped: the queues are drained, then the thread ends."""
+        """Call after the captures have stopped: the queues and the batches in flight are drained, then the thread ends."""
         self.stop_event.set()
 
     def join(self, timeout: float) -> bool:
@@ -80,21 +100,51 @@ class InferenceWorker:
 
     def _run(self) -> None:
         turn = 0
+        inflight = Pipeline()
         try:
             while True:
                 self.beat = time.monotonic()
-                batch = self._gather(turn)
+                batch = self._gather(turn, wait=not inflight)  # results waiting: take only what is ready
                 turn += 1
                 if batch:
-                    self._judge(batch)
+                    model = self._model(inflight)
+                    job, inputs = self._prepare(batch, model)
+                    while inflight and not inflight.has_room(model.backend):
+                        self._finish(*inflight.collect())  # oldest first: order is kept
+                    inflight.submit(model.backend, inputs, job)
+                    if inputs is not None:
+                        self.metrics.batch.observe(len(inputs))
+                        self.metrics.in_flight.observe(len(inflight))
+                    while inflight.ready():  # a blocking backend ran it already; so did a failed submit
+                        self._finish(*inflight.collect())
+                elif inflight:
+                    self._finish(*inflight.collect())  # nothing new to overlap with: don't hold frames
                 elif self.stop_event.is_set() and all(c.queue.empty() for c in self.captures):
+                    self._close_retired()
                     return
         except Exception:
             log.exception("inference worker failed")  # the daemon sees the thread gone and stops with exit 1
 
-    def _gather(self, turn: int) -> list[Frame]:
-        """Up to max_batch frames, one per camera per sweep (fair across cameras), without waiting for more
-        than batch_wait_ms once the first frame is in hand."""
+    def _model(self, inflight: Pipeline) -> Model:
+        """The model for the next batch. After a reload swapped the backend, the old one's batches in flight
+        are collected and published first; retired backends are closed only once nothing runs on them."""
+        retired = self.take_retired()  # first: a backend retired after this is closed at a later batch
+        model = self.current_model()
+        if inflight and inflight.backend is not model.backend:
+            log.info("backend swapped: publishing the %d batch(es) in flight on the old one first", len(inflight))
+            while inflight:
+                self._finish(*inflight.collect())
+        for backend in retired:
+            backend.close()
+        return model
+
+    def _close_retired(self) -> None:
+        for backend in self.take_retired():
+            backend.close()
+
+    def _gather(self, turn: int, wait: bool = True) -> list[Frame]:
+        """Up to max_batch frames, one per camera per sweep (fair across cameras). With wait, block a
+        little for a first frame and then at most batch_wait_ms for more; without, take what is ready."""
         batch: list[Frame] = []
         n = len(self.captures)
         deadline = None
@@ -113,18 +163,18 @@ class InferenceWorker:
             if got:
                 continue
             if not batch:
-                if self.stop_event.is_set() or not self.notify.wait(0.05):
+                if not wait or self.stop_event.is_set() or not self.notify.wait(0.05):
                     return batch
                 continue
             if deadline is None:
-                deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
+                deadline = time.monotonic() + (self.cfg.batch_wait_ms / 1000 if wait else 0.0)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.notify.wait(remaining):
                 return batch
         return batch
 
-    def _judge(self, batch: list[Frame]) -> None:
-        model = self.current_model()
+    def _prepare(self, batch: list[Frame], model: Model) -> tuple[Job, np.ndarray | None]:
+        """Fit every frame to the model input; (the job, the stacked inputs or None when none fits)."""
         spec, m = model.bundle.manifest.input, self.metrics
         now_ns = time.time_ns()
         t0 = time.perf_counter()
@@ -136,31 +186,36 @@ class InferenceWorker:
                 inputs.append(x)
             except FrameError as e:
                 reasons[i] = f"frame not judged: {e}"
-        t1 = time.perf_counter()
-        m.stage["preprocess"].observe(t1 - t0)
-        judged_idx = [i for i in range(len(batch)) if i not in reasons]
-        amaps = scores = None
-        if inputs:
-            try:
-                amaps, scores = model.backend.infer(np.stack(inputs))
-            except Exception as e:  # the backend failing on one batch must not stop the line
-                log.exception("inference failed on a batch of %d", len(inputs))
-                reasons.update({i: f"backend error: {type(e).__name__}: {e}" for i in judged_idx})
-                judged_idx = []
-            m.batch.observe(len(inputs))
-        t2 = time.perf_counter()
-        m.stage["infer"].observe(t2 - t1)
+        m.stage["preprocess"].observe(time.perf_counter() - t0)
+        return Job(batch, model, rois, reasons), (np.stack(inputs) if inputs else None)
+
+    def _finish(self, job: Job, result: Result) -> None:
+        """Judge and hand over one collected batch, in frame order."""
+        m, model, reasons = self.metrics, job.model, dict(job.reasons)
+        judged_idx = [i for i in range(len(job.frames)) if i not in reasons]
+        if judged_idx:
+            m.stage["infer"].observe(result.seconds)
+            if result.times is not None:
+                m.device_stage["h2d"].observe(result.times.h2d_ms / 1e3)
+                m.device_stage["compute"].observe(result.times.compute_ms / 1e3)
+                m.device_stage["d2h"].observe(result.times.d2h_ms / 1e3)
+        if result.error is not None:
+            e = result.error
+            log.error("inference failed on a batch of %d: %s: %s", len(judged_idx), type(e).__name__, e, exc_info=e)
+            reasons.update({i: f"backend error: {type(e).__name__}: {e}" for i in judged_idx})
+            judged_idx = []
+        t0 = time.perf_counter()
         row = {i: k for k, i in enumerate(judged_idx)}
-        for i, frame in enumerate(batch):
+        for i, frame in enumerate(job.frames):
             if i not in row:
                 self._publish_unknown(frame, model, reasons[i])
                 continue
             try:
-                self._publish(frame, model, amaps[row[i]], float(scores[row[i]]), rois[i])
+                self._publish(frame, model, result.maps[row[i]], float(result.scores[row[i]]), job.rois[i])
             except Exception as e:  # one frame's post-processing must not stop the line
                 log.exception("post-processing failed for %s seq %d", frame.camera, frame.seq)
                 self._publish_unknown(frame, model, f"post-processing error: {type(e).__name__}: {e}")
-        m.stage["postprocess"].observe(time.perf_counter() - t2)
+        m.stage["postprocess"].observe(time.perf_counter() - t0)
 
     def _publish(self, frame: Frame, model: Model, amap: np.ndarray, score: float, roi: Roi) -> None:
         t = model.thresholds
