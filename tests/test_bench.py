@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
-import threading
 
 import msgspec
-import pytest
 from wirepub import WirePublisher
 
 from edge.bench import (
