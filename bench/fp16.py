@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.benchmarks_md import write_section  # noqa: E402
+
 BEGIN, END = "<!-- nvidia-fp16:begin -->", "<!-- nvidia-fp16:end -->"
 HEADING = "## NVIDIA path / FP16"
 
@@ -84,18 +87,6 @@ def table(result, bundle, seconds: float) -> str:
     return "\n".join(lines + notes)
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="Check this bundle (with --data) instead of training one.")
@@ -125,7 +116,7 @@ def main() -> None:
     body = table(result, bundle, seconds)
     print("\n" + body)
     if args.write:
-        write_section(body)
+        write_section(ROOT / "BENCHMARKS.md", HEADING, BEGIN, END, body)
         print(f"\nwritten to {ROOT / 'BENCHMARKS.md'}")
 
 

@@ -27,6 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.benchmarks_md import write_section  # noqa: E402
+
 BEGIN, END = "<!-- nvidia-gpu:begin -->", "<!-- nvidia-gpu:end -->"
 HEADING = "## NVIDIA path / GPU"
 BATCHES = (1, 8, 32)
@@ -191,15 +194,7 @@ def main() -> None:
     body = "\n".join(lines)
     print("\n" + body)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.is_file() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{body}\n{END}"
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-        path.write_text(text)
+        write_section(ROOT / "BENCHMARKS.md", HEADING, BEGIN, END, body)
 
 
 if __name__ == "__main__":
