@@ -165,7 +165,7 @@ def measure_raw(bundle_dir: Path, frames: np.ndarray, *, batches=RAW_BATCHES, me
                 if b == 1:
                     single.append(time.perf_counter() - t0)
                 calls += 1
-            per_batch[b] = calls * b / (time.perf_counter() - started)
+            per_batch[b] = float(calls * b / (time.perf_counter() - started))
         threads_used = getattr(backend, "threads", threads)
     finally:
         backend.close()
@@ -277,7 +277,7 @@ def summarise(rec: SinkRecord, rss_mb: float, code: int) -> RunResult:
     rx = np.asarray(rec.received_ns, np.int64)
     lat = (np.asarray(rec.publish_ns, np.int64) - np.asarray(rec.capture_ns, np.int64)) / 1e6
     skip = min(20, len(rx) // 10)  # the first frames warm ONNX Runtime up; raw excludes its warm-up too
-    span_s = (rx[-1] - rx[skip]) / 1e9 if len(rx) > skip + 1 else 0.0
+    span_s = float(rx[-1] - rx[skip]) / 1e9 if len(rx) > skip + 1 else 0.0
     fps = (len(rx) - 1 - skip) / span_s if span_s > 0 else 0.0
     return RunResult(frames=len(rx), lost=rec.lost, dropped=rec.dropped, fps=fps,
                      latency_p50_ms=float(np.percentile(lat[skip:], 50)), latency_p99_ms=float(np.percentile(lat[skip:], 99)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 
 import msgspec
+import pytest
 from wirepub import WirePublisher
 
 from edge.bench import (
@@ -96,3 +97,15 @@ def test_bench_end_to_end_on_tiny_bundle(tiny_bundle, tmp_path):
     assert tp.fps > 0 and 0 < tp.peak_rss_mb < 2000
     assert result.latency.frames >= 1 and result.latency.latency_p99_ms >= result.latency.latency_p50_ms > 0
     assert "## Edge daemon" in format_markdown(result)
+
+
+def test_result_encodes_as_json():
+    from edge.bench import summarise
+
+    rec = SinkRecord(seq=list(range(30)), capture_ns=[i * 10**7 for i in range(30)], publish_ns=[i * 10**7 + 5 * 10**6 for i in range(30)],
+                     received_ns=[i * 10**7 + 6 * 10**6 for i in range(30)], lost=0, dropped=0)
+    run = summarise(rec, 100.0, 0)
+    assert run.fps == pytest.approx(100.0) and run.latency_p50_ms == pytest.approx(5.0)
+    r = result()
+    decoded = msgspec.json.decode(msgspec.json.encode(msgspec.structs.replace(r, throughput=run)))
+    assert decoded["throughput"]["fps"] == pytest.approx(100.0)
