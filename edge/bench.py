@@ -8,7 +8,7 @@ One run measures, on the same bundle and the same synthetic parts:
               process; images/s over the steady state (the first frames, which warm ONNX Runtime, excluded)
   latency     capture -> publish per frame (the header's timestamps), in a second daemon run whose file
               source is paced to half the single-frame capacity, as a live camera would deliver it
-  memory      the daemon process's peak RSS (ru_maxrss from wait4) over both runs
+  memory      the daemon process's peak RSS (VmHWM from /proc, polled) over both runs
 Targets: end-to-end >= 0.95 x raw, p99 latency <= 2 x single-frame model time, peak RSS <= 500 MB.
 """
 
@@ -220,18 +220,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_hwm_mb(pid: int) -> float | None:
+    """The process's peak resident set (VmHWM) so far, from /proc; None where there is no /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def wait_with_rss(proc: subprocess.Popen, timeout_s: float) -> tuple[int, float]:
-    """Wait for the daemon; returns (exit code, peak RSS MB from the kernel's ru_maxrss)."""
+    """Wait for the daemon; returns (exit code, its peak RSS in MB).
+
+    VmHWM is read from /proc every 50 ms while it runs (it only grows, so the last reading is the peak up to
+    then). Not ru_maxrss from wait4: Linux carries the parent's high-water mark across fork and exec into
+    it, so it would report this benchmark process's memory (the frames it holds), not the daemon's.
+    """
     deadline = time.monotonic() + timeout_s
+    peak = 0.0
     while time.monotonic() < deadline:
+        peak = max(peak, read_hwm_mb(proc.pid) or 0.0)
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_maxrss / 1024.0  # KiB on Linux
+            return proc.returncode, peak or usage.ru_maxrss / 1024.0
         time.sleep(0.05)
     proc.terminate()  # SIGTERM: the daemon drains and exits
-    pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    os.wait4(proc.pid, 0)
     raise UserError(f"the daemon did not finish within {timeout_s:.0f} s (stopped it); see its log beside the config")
 
 
@@ -362,7 +379,7 @@ def format_markdown(r: BenchResult) -> str:
         "with queue `all` and `max_batch` = the best raw batch, counted at a subscriber in its own process over the "
         "steady state (the first frames, which warm ONNX Runtime up, excluded); latency = `publish_ns - capture_ns` "
         "from the headers in a second run whose file source is paced to half the single-frame capacity with queue "
-        "`latest`; RSS = `ru_maxrss` of the daemon process.\n"
+        "`latest`; RSS = the daemon process's `VmHWM` (peak resident set) polled from /proc.\n"
     )
 
 

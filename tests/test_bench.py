@@ -109,3 +109,18 @@ def test_result_encodes_as_json():
     r = result()
     decoded = msgspec.json.decode(msgspec.json.encode(msgspec.structs.replace(r, throughput=run)))
     assert decoded["throughput"]["fps"] == pytest.approx(100.0)
+
+
+def test_peak_rss_is_the_childs_not_the_parents():
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from edge.bench import wait_with_rss
+
+    ballast = np.ones(200 * 2**20, np.uint8)  # the parent holds 200 MB; the child must not be charged for it
+    code = "import numpy as np, time; a = np.ones(60 * 2**20, np.uint8); time.sleep(0.5)"
+    rc, peak_mb = wait_with_rss(subprocess.Popen([sys.executable, "-c", code]), timeout_s=60)
+    assert rc == 0 and 60 <= peak_mb < 180, peak_mb
+    del ballast
