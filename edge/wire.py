@@ -53,8 +53,8 @@ class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     seq: int  # per camera, starts at 0, +1 for every frame captured (published or dropped)
     capture_ns: int  # wall clock (time.time_ns) at grab
     publish_ns: int  # wall clock just before send
-    score: float  # image score (max of the smoothed map); NaN when verdict == "unknown"
-    threshold: float  # image threshold in force; score > threshold -> "defect"
+    score: float  # image score (max of the smoothed map); NaN only when the frame could not be scored
+    threshold: float  # image threshold in force (NaN when uncalibrated); score > threshold -> "defect"
     verdict: Verdict
     model_id: str
     regions: list[Region] = []
