@@ -14,29 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and bench/ helpers
+from bench.benchmarks_md import write_section  # noqa: E402
+from edge.bench import cpu_model  # noqa: E402
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
 def run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int | None, reuse: bool) -> dict:
@@ -89,15 +81,8 @@ def table(rows: list[dict], recipes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n## Quality (texture benchmark, CPU)\n\n" + block + "\n"
-    path.write_text(doc)
+def write_quality_section(text: str) -> None:
+    write_section(ROOT / "BENCHMARKS.md", "## Quality (texture benchmark, CPU)", BEGIN, END, text)
 
 
 def main() -> None:
@@ -125,9 +110,9 @@ def main() -> None:
             rows.append(fit_and_eval(data, args.out, category, recipe, args.steps, args.reuse))
             header = (f"Command: `python bench/quality.py --categories {args.categories} --recipes {args.recipes}"
                       f"{f' --steps {args.steps}' if args.steps else ''}` (started {started})  \n"
-                      f"Machine: {os.cpu_count()} cores, {cpu_name()}, CPU only, torch {torch_version()}; dataset: texture_bench.py --size {args.size}, seed 0.  \n"
+                      f"Machine: {os.cpu_count()} cores, {cpu_model()}, CPU only, torch {torch_version()}; dataset: texture_bench.py --size {args.size}, seed 0.  \n"
                       "Train min = training time as measured by the loop (this machine was shared with other work during the run, so speed figures are pessimistic).\n")
-            write_section(header + "\n" + table(rows, recipes))
+            write_quality_section(header + "\n" + table(rows, recipes))
     print(table(rows, recipes))
 
 
