@@ -82,3 +82,26 @@ def test_config_refuses_inverted_ranges():
         msgspec.convert({"size_min": 0.5, "size_max": 0.1}, CorruptionConfig)
     with pytest.raises(msgspec.ValidationError, match="opacity_min"):
         msgspec.convert({"opacity_min": 0.9, "opacity_max": 0.5}, CorruptionConfig)
+
+
+def test_gray_image_gets_gray_fills(pool):
+    # A coloured fill on a gray part would teach "remove colour", a tell no real defect there has.
+    img = np.repeat(pool[2].astype(np.float32).mean(axis=2, keepdims=True) / 255, 3, axis=2)
+    for seed in range(40):
+        out, alpha = corrupt(img, pool, CorruptionConfig(p_clean=0.0, own_colour=0.0), np.random.default_rng(seed))
+        assert alpha.max() > 0
+        np.testing.assert_array_equal(out[..., 0], out[..., 1])
+        np.testing.assert_array_equal(out[..., 1], out[..., 2])
+
+
+def test_own_colour_keeps_the_image_hue(pool):
+    # A flat-hued orange image: with own_colour = 1 every fill varies only in brightness along that hue.
+    img = np.broadcast_to(np.float32([0.2, 0.4, 0.6]), (48, 48, 3)).copy()
+    cfg = CorruptionConfig(p_clean=0.0, own_colour=1.0, opacity_min=1.0, feather_max_px=0.0)
+    for seed in range(20):
+        out, alpha = corrupt(img, pool, cfg, np.random.default_rng(seed))
+        inside = out[alpha == 1.0]
+        ok = inside[:, 2] < 1.0  # unclipped pixels keep the channel ratios
+        np.testing.assert_allclose(inside[ok, 0] * 2, inside[ok, 1], atol=1e-5)
+    coloured = [corrupt(img, pool, CorruptionConfig(p_clean=0.0, own_colour=0.0), np.random.default_rng(s))[0] for s in range(20)]
+    assert any(np.abs(o[..., 0] * 2 - o[..., 1]).max() > 0.05 for o in coloured)

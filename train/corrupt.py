@@ -38,6 +38,10 @@ class CorruptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     fill_noise: Annotated[float, Meta(ge=0)] = 0.6  # procedural coloured noise
     fill_patch: Annotated[float, Meta(ge=0)] = 1.0  # shifted / rotated / scaled patch of the same image
     fill_flat: Annotated[float, Meta(ge=0)] = 0.5  # flat colour
+    # Share of fills on colour images recoloured into the image's own hue (only brightness differs), so
+    # that colour alone is never the tell. Gray images (equal channels) always get gray fills: a coloured
+    # fill on a gray part teaches "remove colour", which no real defect on that part will show.
+    own_colour: Prob = 0.5
 
     def __post_init__(self):
         if self.size_min > self.size_max:
@@ -126,6 +130,17 @@ def fill_for(img: np.ndarray, pool: np.ndarray | None, cfg: CorruptionConfig, rn
     return np.broadcast_to(base.astype(np.float32), img.shape).copy()
 
 
+def is_gray(img: np.ndarray) -> bool:
+    """True for a single-channel image or one whose channels are all equal (a gray camera as RGB)."""
+    return img.shape[2] == 1 or bool(np.all(img == img[..., :1]))
+
+
+def in_own_colour(fill: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """The fill's brightness in the image's mean hue: gray for a gray image."""
+    hue = img.mean(axis=(0, 1)) / max(float(img.mean()), 1e-6)
+    return fill.mean(axis=2, keepdims=True) * hue.astype(np.float32)
+
+
 def corrupt(img: np.ndarray, pool: np.ndarray | None, cfg: CorruptionConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """img float32 (H, W, C) in [0, 1] -> (corrupted image, alpha float32 (H, W) in [0, 1]).
 
@@ -138,6 +153,7 @@ def corrupt(img: np.ndarray, pool: np.ndarray | None, cfg: CorruptionConfig, rng
     if not cfg.enabled or rng.random() < cfg.p_clean:
         return img.copy(), alpha
     out = img.copy()
+    gray = is_gray(img)
     for _ in range(int(rng.integers(1, cfg.max_regions + 1))):
         region = shape_mask(h, w, cfg, rng)
         if cfg.feather_max_px > 0 and rng.random() < 0.5:
@@ -146,6 +162,8 @@ def corrupt(img: np.ndarray, pool: np.ndarray | None, cfg: CorruptionConfig, rng
             region = region * np.clip(cv2.GaussianBlur(region, (0, 0), sigma) * 2.0, 0, 1)
         a = region * rng.uniform(cfg.opacity_min, cfg.opacity_max)
         fill = fill_for(img, pool, cfg, rng)
+        if gray or rng.random() < cfg.own_colour:
+            fill = in_own_colour(fill, img)
         out = out * (1 - a[..., None]) + np.clip(fill, 0, 1) * a[..., None]
         alpha = np.maximum(alpha, a)
     return out.astype(np.float32), alpha
