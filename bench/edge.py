@@ -1,6 +1,6 @@
 """Edge daemon benchmark: raw ONNX Runtime vs the daemon end to end, latency and memory; BENCHMARKS.md section.
 
-    python bench/edge.py [--bundle B] [--frames 600] [--latency-frames 200] [--work bench-out/edge] [--no-write]
+    python bench/edge.py [--bundle B] [--frames 600] [--latency-frames 200] [--rounds 3] [--work bench-out/edge] [--no-write]
 
 The same code as `ssae edge bench` (edge/bench.py). Without --bundle it times an untrained bundle of the
 default model at 256x256 (timing does not depend on weights). Writes the "Edge daemon" section of
@@ -28,13 +28,14 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256, help="input size of the bundle built without --bundle")
     parser.add_argument("--frames", type=int, default=600, help="frames in the end-to-end video")
     parser.add_argument("--latency-frames", type=int, default=200, help="frames in the paced latency run")
+    parser.add_argument("--rounds", type=int, default=3, help="raw-then-daemon rounds; the median round's ratio is reported")
     parser.add_argument("--measure-s", type=float, default=4.0, help="seconds per batch size in the raw timing")
     parser.add_argument("--work", type=Path, default=ROOT / "bench-out" / "edge", help="folder for bundle, videos, logs")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = "python bench/edge.py" + "".join(f" {a}" for a in sys.argv[1:])
     result = run_bench(bundle=args.bundle, work=args.work, size_px=args.size, frames=args.frames, latency_frames=args.latency_frames,
-                       measure_s=args.measure_s, command=command, progress=lambda line: print(line, file=sys.stderr, flush=True))
+                       measure_s=args.measure_s, rounds=args.rounds, command=command, progress=lambda line: print(line, file=sys.stderr, flush=True))
     markdown = format_markdown(result)
     (args.work / "edge-bench.json").write_bytes(msgspec.json.encode(result))
     if not args.no_write:

@@ -1,19 +1,27 @@
-"""ONNX Runtime on CPU: the embedded default."""
+"""ONNX Runtime on CPU: the embedded default.
+
+`infer` runs a batch and returns. The daemon uses `submit`/`collect` instead (the pipelined shape of the GPU
+backends, see edge/pipeline.py): one runner thread calls the session back to back while the worker thread
+judges and publishes the previous batch, so ONNX Runtime's threads never wait for Python between batches.
+Session.run releases the GIL, so that overlap is real on a multi-core CPU.
+"""
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from edge.bundle import Bundle
+from edge.inflight import SlotRing, Ticket, check_frames
 from edge.manifest import BundleError
 
 
 class OrtBackend:
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, *, threads: int = 0, max_batch: int = 8, providers: list[str] | None = None):
+    def __init__(self, bundle: Bundle, *, threads: int = 0, max_batch: int = 8, providers: list[str] | None = None, in_flight: int = 2):
         import onnxruntime as ort  # edge boxes without it can still run `ssae edge --help`
 
         options = ort.SessionOptions()
@@ -34,12 +42,43 @@ class OrtBackend:
         self.shape = (spec.height_px, spec.width_px, spec.channels)
         self.max_batch = max_batch
         self.threads = options.intra_op_num_threads
+        self.slots = SlotRing(in_flight)
+        self.futures: dict[int, Future] = {}  # slot -> the run of the batch holding it
+        self.runner: ThreadPoolExecutor | None = None  # started by the first submit: `infer` users never need it
 
     def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if frames.dtype != np.uint8 or frames.shape[1:] != self.shape:
             raise ValueError(f"frames must be uint8 (N, {', '.join(map(str, self.shape))}); got {frames.dtype} {frames.shape}")
-        amap, score = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(frames)})
+        return self._run(np.ascontiguousarray(frames))
+
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, score = self.session.run(self.output_names, {self.input_name: frames})
         return amap, score
 
+    # --- pipelined: batches queue on one runner thread, collected in any order by ticket -------------------
+    def free_slots(self) -> int:
+        return self.slots.free()
+
+    def submit(self, frames: np.ndarray) -> Ticket:
+        check_frames(frames, self.shape, self.max_batch)
+        if self.runner is None:
+            self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        ticket = self.slots.acquire(len(frames))
+        # A copy: the caller may reuse its array while the batch waits its turn.
+        self.futures[ticket.slot] = self.runner.submit(self._run, np.array(frames, order="C", copy=True))
+        return ticket
+
+    def collect(self, ticket: Ticket) -> tuple[np.ndarray, np.ndarray]:
+        self.slots.check(ticket)
+        try:
+            return self.futures[ticket.slot].result()  # re-raises the run's exception for exactly this batch
+        finally:
+            del self.futures[ticket.slot]
+            self.slots.release(ticket)
+
     def close(self) -> None:
+        if self.runner is not None:
+            self.runner.shutdown(wait=True)  # a batch still running finishes before the session goes
+            self.runner = None
+        self.futures.clear()
         self.session = None

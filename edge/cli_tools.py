@@ -79,6 +79,7 @@ def bench(
     frames: Annotated[int, typer.Option("--frames", min=50, help="Frames in the end-to-end video.")] = 600,
     latency_frames: Annotated[int, typer.Option("--latency-frames", min=20, help="Frames in the paced latency run.")] = 200,
     measure: Annotated[float, typer.Option("--measure-s", min=0.1, help="Seconds per batch size in the raw timing.")] = 4.0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Raw-then-daemon rounds; the median round's ratio is reported.")] = 3,
     work: Annotated[Path, typer.Option("--work", help="Folder for the bundle, videos, configs and daemon logs.")] = Path("bench-out/edge"),
     write: Annotated[Path | None, typer.Option("--write", help="Also replace the 'Edge daemon' section of this file (e.g. BENCHMARKS.md).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
@@ -95,7 +96,7 @@ def bench(
     with known_errors():
         command = "ssae edge bench" + "".join(f" {a}" for a in sys.argv[3:]) if sys.argv[1:3] == ["edge", "bench"] else "ssae edge bench"
         result = run_bench(bundle=bundle, work=work, size_px=size, frames=frames, latency_frames=latency_frames, measure_s=measure,
-                           command=command, progress=_err)
+                           rounds=rounds, command=command, progress=_err)
         markdown = format_markdown(result)
         if write is not None:
             write_section(write, markdown)

@@ -10,6 +10,7 @@ from wirepub import WirePublisher
 
 from edge.bench import (
     BenchResult,
+    Round,
     RawResult,
     RunResult,
     SinkRecord,
@@ -61,12 +62,24 @@ def test_sink_process_records_every_frame(tmp_path):
     assert rec.seq == [0, 1, 2, 5, 6] and rec.dropped == 2 and rec.lost == 0 and not rec.error
 
 
+def run_at(fps: float) -> RunResult:
+    return RunResult(frames=600, lost=0, dropped=0, fps=fps, latency_p50_ms=60.0, latency_p99_ms=90.0, peak_rss_mb=180.0, exit_code=0)
+
+
 def result(ratio_fps=19.0) -> BenchResult:
-    run = RunResult(frames=600, lost=0, dropped=0, fps=ratio_fps, latency_p50_ms=60.0, latency_p99_ms=90.0, peak_rss_mb=180.0, exit_code=0)
+    run = run_at(ratio_fps)
     return BenchResult(command="ssae edge bench", date="2026-01-01T00:00+00:00", cpu="Test CPU", cores=2, onnxruntime="1.x",
                        bundle="/tmp/b", size_px=256, raw=RawResult(per_batch={1: 15.0, 2: 20.0}, best_batch=2, best_fps=20.0,
                                                                    single_frame_ms=66.0, threads=2),
-                       throughput=run, latency=run, latency_pace_fps=7.5)
+                       rounds=[Round(raw_fps=20.0, run=run)], latency=run, latency_pace_fps=7.5)
+
+
+def test_ratio_is_the_median_rounds_own():
+    # Each round divides by the raw figure timed right before it: a drifting machine cancels out.
+    r = msgspec.structs.replace(result(), rounds=[Round(raw_fps=40.0, run=run_at(30.0)), Round(raw_fps=30.0, run=run_at(29.0)),
+                                                  Round(raw_fps=20.0, run=run_at(19.8))])
+    assert r.ratio == pytest.approx(0.966, abs=1e-3) and r.throughput.fps == 29.0
+    assert "29.0/30.0 = 0.967" in format_markdown(r) and "median of 3 rounds" in format_markdown(r)
 
 
 def test_markdown_marks_targets():
@@ -90,7 +103,8 @@ def test_write_section_replaces_only_its_own(tmp_path):
 def test_bench_end_to_end_on_tiny_bundle(tiny_bundle, tmp_path):
     from edge.bench import run_bench
 
-    result = run_bench(bundle=tiny_bundle, work=tmp_path, frames=60, latency_frames=20, measure_s=0.1, progress=lambda line: None)
+    result = run_bench(bundle=tiny_bundle, work=tmp_path, frames=60, latency_frames=20, measure_s=0.1, rounds=2, progress=lambda line: None)
+    assert len(result.rounds) == 2 and all(r.raw_fps > 0 for r in result.rounds)
     assert result.size_px == 32 and result.raw.best_fps > 0
     tp = result.throughput
     assert tp.frames == 60 and tp.lost == 0 and tp.dropped == 0 and tp.exit_code == 0  # queue "all": every frame
@@ -107,8 +121,8 @@ def test_result_encodes_as_json():
     run = summarise(rec, 100.0, 0)
     assert run.fps == pytest.approx(100.0) and run.latency_p50_ms == pytest.approx(5.0)
     r = result()
-    decoded = msgspec.json.decode(msgspec.json.encode(msgspec.structs.replace(r, throughput=run)))
-    assert decoded["throughput"]["fps"] == pytest.approx(100.0)
+    decoded = msgspec.json.decode(msgspec.json.encode(msgspec.structs.replace(r, rounds=[Round(raw_fps=120.0, run=run)])))
+    assert decoded["rounds"][0]["run"]["fps"] == pytest.approx(100.0)
 
 
 def test_peak_rss_is_the_childs_not_the_parents():

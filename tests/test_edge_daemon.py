@@ -133,7 +133,8 @@ def test_every_frame_accounted_for_across_cameras_until_the_daemon_exits(tiny_bu
         assert f.model_id == read_manifest(tiny_bundle).model_id and f.capture_ns <= f.publish_ns and f.mask.encoding == "none"
     assert set(stream.masks["folder"]) == {b""}
     archived = sorted(p.name for p in (tmp_path / "archive" / "folder").glob("*.json"))
-    assert len(archived) == 5 and daemon._archive_counts()["written"] == 5 + len(stream.frames["video"])
+    counts = daemon._archive_counts()  # a busy disk may skip (and count) video frames; none vanishes
+    assert len(archived) == 5 and counts["written"] + counts["skipped"] == 5 + len(stream.frames["video"]) and counts["failed"] == 0
 
 
 def test_wrong_size_or_channels_judged_unknown_with_reason(tiny_bundle, tmp_path, ctx):
