@@ -24,7 +24,7 @@ def fit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT.work/."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar; without it, one line (step, loss, images/s, ETA) per checkpoint."),
 ) -> None:
     """Train the self-supervised autoencoder on good images and export a bundle."""
     with known_errors():
