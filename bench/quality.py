@@ -34,7 +34,7 @@ def run(cmd: list[str]) -> None:
 def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int | None, reuse: bool) -> dict:
     result_file = out / f"{category}-{recipe}.json"
     if reuse and result_file.is_file():
-        return json.loads(result_file.read_text())
+        return {**json.loads(result_file.read_text()), "reused": True}
     bundle = out / f"{category}-{recipe}"
     cmd = [sys.executable, "-m", "ssae", "train", "fit", str(data), "--category", category, "--out", str(bundle), "--recipe", recipe, "--no-progress"]
     if steps:
@@ -58,6 +58,7 @@ def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int |
         "wall_min": train_min,
         "images_per_s": prov["metrics"].get("images_per_s", 0.0),
         "per_defect": {d["defect"]: d["image_auroc"] for d in ev.get("per_defect", [])},
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     result_file.write_text(json.dumps(row, indent=2))
     return row
@@ -111,7 +112,10 @@ def main() -> None:
             header = (f"Command: `python bench/quality.py --categories {args.categories} --recipes {args.recipes}"
                       f"{f' --steps {args.steps}' if args.steps else ''}` (started {started})  \n"
                       f"Machine: {os.cpu_count()} cores, {cpu_model()}, CPU only, torch {torch_version()}; dataset: texture_bench.py --size {args.size}, seed 0.  \n"
-                      "Train min = training time as measured by the loop (this machine was shared with other work during the run, so speed figures are pessimistic).\n")
+                      "Train min = training time as measured by the loop.\n")
+            reused = [f"{r['category']}/{r['recipe']} (finished {r.get('finished', 'in an earlier run')})" for r in rows if r.get("reused")]
+            if reused:
+                header += "Rows reused from an earlier run's JSON (--reuse): " + ", ".join(reused) + ".\n"
             write_quality_section(header + "\n" + table(rows, recipes))
     print(table(rows, recipes))
 
