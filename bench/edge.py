@@ -1,6 +1,6 @@
 """Edge daemon benchmark: raw ONNX Runtime vs the daemon end to end, latency and memory; BENCHMARKS.md section.
 
-    python bench/edge.py [--bundle B] [--frames 600] [--latency-frames 200] [--rounds 3] [--work bench-out/edge] [--no-write]
+    python bench/edge.py [--bundle B] [--frames 600] [--latency-frames 200] [--rounds 5] [--work bench-out/edge] [--no-write]
 
 The same code as `ssae edge bench` (edge/bench.py). Without --bundle it times an untrained bundle of the
 default model at 256x256 (timing does not depend on weights). Writes the "Edge daemon" section of
@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256, help="input size of the bundle built without --bundle")
     parser.add_argument("--frames", type=int, default=600, help="frames in the end-to-end video")
     parser.add_argument("--latency-frames", type=int, default=200, help="frames in the paced latency run")
-    parser.add_argument("--rounds", type=int, default=3, help="raw-then-daemon rounds; the median round's ratio is reported")
+    parser.add_argument("--rounds", type=int, default=5, help="raw-then-daemon rounds; the median round's ratio is reported")
     parser.add_argument("--measure-s", type=float, default=4.0, help="seconds per batch size in the raw timing")
     parser.add_argument("--work", type=Path, default=ROOT / "bench-out" / "edge", help="folder for bundle, videos, logs")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")

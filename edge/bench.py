@@ -337,7 +337,7 @@ def cpu_model() -> str:
 
 
 def run_bench(*, bundle: Path | None, work: Path, size_px: int = 256, frames: int = 600, latency_frames: int = 200,
-              measure_s: float = 4.0, rounds: int = 3, command: str = "ssae edge bench", progress=print) -> BenchResult:
+              measure_s: float = 4.0, rounds: int = 5, command: str = "ssae edge bench", progress=print) -> BenchResult:
     import onnxruntime
 
     work.mkdir(parents=True, exist_ok=True)

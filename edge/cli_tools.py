@@ -79,7 +79,7 @@ def bench(
     frames: Annotated[int, typer.Option("--frames", min=50, help="Frames in the end-to-end video.")] = 600,
     latency_frames: Annotated[int, typer.Option("--latency-frames", min=20, help="Frames in the paced latency run.")] = 200,
     measure: Annotated[float, typer.Option("--measure-s", min=0.1, help="Seconds per batch size in the raw timing.")] = 4.0,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Raw-then-daemon rounds; the median round's ratio is reported.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Raw-then-daemon rounds; the median round's ratio is reported.")] = 5,
     work: Annotated[Path, typer.Option("--work", help="Folder for the bundle, videos, configs and daemon logs.")] = Path("bench-out/edge"),
     write: Annotated[Path | None, typer.Option("--write", help="Also replace the 'Edge daemon' section of this file (e.g. BENCHMARKS.md).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
