@@ -6,6 +6,7 @@ Also the bad-input paths of `ssae train fit` (one line, exit 2, nothing overwrit
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_resume_continues_and_refuses_another_recipe(trained, tiny_dataset, tiny
     r = runner.invoke(app, [*args, "--steps", "6", "--resume"])
     assert r.exit_code == 0, r.output
     assert load_bundle(out).manifest.provenance.steps == 6
+    assert re.search(r"^step 6/6 loss [0-9.]+ [0-9.]+ images/s ETA 0\.0 min$", r.output, re.M), r.output  # the log without a bar
     # Resuming 3 -> 6 lands on the same weights as training 6 straight (same seed, RNG states restored).
     assert load_bundle(out).model_id == load_bundle(trained).model_id != first_id
     r = runner.invoke(app, [*args, "--steps", "9", "--resume", "--recipe", "plain"])

@@ -218,13 +218,13 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
             elapsed += now - t_last
             t_last = now
             ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+            rate = (step - step_start) * cfg.batch_size / max(now - t_start, 1e-9)  # images/s this session
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema_loss:.4f}", img_s=f"{(step - step_start) * cfg.batch_size / max(now - t_start, 1e-9):.1f}")
+                bar.set_postfix(loss=f"{ema_loss:.4f}", img_s=f"{rate:.1f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint(step)
                 if bar is None and rank == 0:  # logs (CI, benchmarks, systemd) get the loss curve instead of a bar
-                    rate = (step - step_start) * cfg.batch_size / max(now - t_start, 1e-9)
                     eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
                     print(f"step {step}/{cfg.steps} loss {ema_loss:.5f} {rate:.1f} images/s ETA {eta_min:.1f} min", flush=True)
             if cfg.time_budget_min and step % 10 == 0 and step < cfg.steps and over_budget(elapsed, cfg.time_budget_min, world):
