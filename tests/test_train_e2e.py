@@ -80,11 +80,30 @@ def test_resume_continues_and_refuses_another_recipe(trained, tiny_dataset, tiny
     assert r.exit_code == 0, r.output
     assert load_bundle(out).manifest.provenance.steps == 6
     assert re.search(r"^step 6/6 loss [0-9.]+ [0-9.]+ images/s ETA 0\.0 min$", r.output, re.M), r.output  # the log without a bar
-    # Resuming 3 -> 6 lands on the same weights as training 6 straight (same seed, RNG states restored).
+    # Resuming 3 -> 6 lands on the same weights as training 6 straight (same seed; each batch is seeded by its step).
     assert load_bundle(out).model_id == load_bundle(trained).model_id != first_id
     r = runner.invoke(app, [*args, "--steps", "9", "--resume", "--recipe", "plain"])
     assert r.exit_code == 2 and "another recipe" in r.output and "corruption" in r.output
     assert load_bundle(out).manifest.provenance.steps == 6  # nothing overwritten
+
+
+def test_batch_workers_give_the_same_bundle(trained, tiny_dataset, tiny_config, tmp_path):
+    """Two worker processes make the batches ahead: same stream, so the same weights as making them in-process."""
+    out = tmp_path / "w"
+    r = CliRunner().invoke(app, ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), *TINY, "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert "batch workers 2" in r.output
+    assert load_bundle(out).model_id == load_bundle(trained).model_id
+
+
+def test_auto_workers_feed_a_gpu_and_leave_cpu_cores_to_the_model():
+    from train.batches import resolve_workers
+
+    assert resolve_workers(-1, on_gpu=False, world=1) == 0
+    assert resolve_workers(3, on_gpu=False, world=1) == 3
+    cores = os.cpu_count() or 1
+    assert resolve_workers(-1, on_gpu=True, world=1) == max(0, min(8, cores - 1))
+    assert resolve_workers(-1, on_gpu=True, world=cores) == 0
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "mixed", "category", "config"])

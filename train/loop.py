@@ -1,9 +1,9 @@
 """The training loop: one flat function, from good images to an exported bundle.
 
 Under `torchrun` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel (gloo on CPU, nccl on
-GPU); each rank draws its own batches from a seed offset by its rank, and only rank 0 logs, saves
-checkpoints and exports. Checkpoints hold the recipe, step, model, optimizer and RNG states, so
-`--resume` continues exactly where the run stopped; they are written atomically, so Ctrl-C or a
+GPU); each rank draws its own batches (train/batches.py: seeded by seed, rank and step), and only
+rank 0 logs, saves checkpoints and exports. Checkpoints hold the recipe, step, model and optimizer
+states, so `--resume` continues exactly where the run stopped; they are written atomically, so Ctrl-C or a
 power cut leaves the last one intact.
 """
 
@@ -18,12 +18,11 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edge.clitools import UserError
 from edge.manifest import Calibration, Provenance, ScoreStats, atomic_write_bytes
 from train.config import TrainConfig
-from train.corrupt import corrupt
+from train.batches import batch_stream, resolve_workers
 from train.data import channel_stats, load_images, split_holdout, train_folder
 from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
 from train.model import FilterAE, ModelConfig, count_params
@@ -37,33 +36,6 @@ def work_dir_for(out: Path) -> Path:
     return out.parent / f"{out.name}.work"
 
 
-def make_batch(images: np.ndarray, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
-    """-> (input, target, weight) float32 tensors (B, C, H, W), (B, C, H, W), (B, 1, H, W) in [0, 1] units."""
-    xs, ins, alphas = [], [], []
-    for i in idx:
-        x = images[i].astype(np.float32) / 255.0  # (H, W, C)
-        if cfg.hflip and rng.random() < 0.5:
-            x = x[:, ::-1]
-        if cfg.vflip and rng.random() < 0.5:
-            x = x[::-1]
-        if cfg.rot90:
-            x = np.rot90(x, int(rng.integers(4)))
-        x = np.ascontiguousarray(x)
-        xc, alpha = corrupt(x, images, cfg.corruption, rng)
-        xs.append(x)
-        ins.append(xc)
-        alphas.append(alpha)
-    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
-    xc = torch.from_numpy(np.stack(ins)).permute(0, 3, 1, 2)
-    alpha = torch.from_numpy(np.stack(alphas))[:, None]
-    noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32)) * cfg.noise_std
-    # Input = corrupt(x) + eps. The default recipe keeps eps in the target too (identity-anchoring: the
-    # network must not learn to denoise, only to remove what is not normal); "denoising" does not.
-    target = x + noise if cfg.noise_in_target else x
-    weight = 1.0 + (cfg.region_weight - 1.0) * (alpha > 0).float()
-    return xc + noise, target, weight
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -72,9 +44,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def comparable(cfg: TrainConfig) -> dict:
-    """The recipe minus what may change on resume (length, threads, checkpoint cadence, budget)."""
+    """The recipe minus what may change on resume (length, threads, workers, checkpoint cadence, budget)."""
     d = msgspec.to_builtins(cfg)
-    for k in ("steps", "threads", "checkpoint_every", "time_budget_min"):
+    for k in ("steps", "threads", "workers", "checkpoint_every", "time_budget_min"):
         d.pop(k)
     return d
 
@@ -158,11 +130,10 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, rank])
     train_idx, hold_idx = split_holdout(n, cfg.holdout, np.random.default_rng(cfg.seed))
     mean, std = channel_stats(images[train_idx])
-    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    mean_d, std_d = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     net = FilterAE(cfg.model).to(device, memory_format=memory_format)
@@ -172,25 +143,22 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
-        rng.bit_generator.state = state["rng"][rank] if rank < len(state["rng"]) else rng.bit_generator.state
         torch.set_rng_state(state["torch_rng"])
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     per_rank = max(1, cfg.batch_size // world)
+    workers = resolve_workers(cfg.workers, device.type == "cuda", world)
+    batches = batch_stream(images, train_idx, cfg, rank=rank, per_rank=per_rank, start=step, workers=workers, pin=device.type == "cuda")
 
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         print(f"training {count_params(net) / 1e6:.2f} M params on {len(train_idx)} images {width}x{height}x{channels} "
-              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}", flush=True)
+              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}", flush=True)
 
     def checkpoint(at_step: int) -> None:
-        rngs = [rng.bit_generator.state]
-        if world > 1:
-            rngs = [None] * world
-            torch.distributed.all_gather_object(rngs, rng.bit_generator.state)
         if rank == 0:
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
                                         "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                        "rng": rngs, "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width})
+                                        "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width})
 
     bar = None
     if progress and rank == 0:
@@ -201,14 +169,14 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     t_last, ema_loss, stopped_early = time.perf_counter(), None, False
     t_start, step_start = t_last, step
     try:
-        while step < cfg.steps:
+        for xin, target, weight in batches:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            xin, target, weight = make_batch(images, train_idx[rng.integers(0, len(train_idx), per_rank)], cfg, rng)
-            xin = ((xin - mean_t) / std_t).to(device, memory_format=memory_format)
-            target = ((target - mean_t) / std_t).to(device, memory_format=memory_format)
+            xin, target, weight = (t.to(device, non_blocking=True) for t in (xin, target, weight))  # async from pinned memory
+            xin = ((xin - mean_d) / std_d).contiguous(memory_format=memory_format)
+            target = ((target - mean_d) / std_d).contiguous(memory_format=memory_format)
             recon = model(xin)
-            loss = (weight.to(device) * (recon - target) ** 2).mean() / weight.mean()
+            loss = (weight * (recon - target) ** 2).mean() / weight.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
