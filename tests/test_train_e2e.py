@@ -135,7 +135,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(case, tiny_dataset, traine
 
 def test_ddp_two_cpu_processes(tiny_dataset, tiny_config, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks on gloo, also on a GPU box
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train", "fit", str(tiny_dataset),
            "--category", "part", "--out", str(out), "--config", str(tiny_config), *TINY]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)

@@ -93,6 +93,18 @@ def provisional_calibration(graph: InferenceGraph, holdout: np.ndarray) -> Calib
     )
 
 
+def pick_device() -> torch.device:
+    """This rank's GPU (LOCAL_RANK under torchrun), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if local >= count:
+        raise UserError(f"LOCAL_RANK is {local} but this box has {count} GPU(s): start torchrun with --nproc-per-node={count} "
+                        "or fewer, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on CPU processes")
+    torch.cuda.set_device(local)  # before the process group, so NCCL binds this rank to its own GPU
+    return torch.device("cuda", local)
+
+
 def setup_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:
         return 0, 1
@@ -125,6 +137,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     ckpt_path = work / CKPT_NAME
     state = load_checkpoint(ckpt_path, cfg) if resume else None
 
+    device = pick_device()
     rank, world = setup_distributed()
     torch.set_flush_denormal(True)  # denormals made CPU steps 5-10x slower
     if cfg.threads:
@@ -132,7 +145,6 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     torch.manual_seed(cfg.seed)
     train_idx, hold_idx = split_holdout(n, cfg.holdout, np.random.default_rng(cfg.seed))
     mean, std = channel_stats(images[train_idx])
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     mean_d, std_d = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
