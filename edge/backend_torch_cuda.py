@@ -60,6 +60,22 @@ def keep_post_fp32(module, network_prefix: str = "net."):
     return count
 
 
+def load_program(torch, path, device):
+    """The bundle's exported program as a module on device (in eval mode already; .eval() is not supported on it).
+
+    Export bakes the exporting device into the graph: an input check asserts that frames are on the CPU,
+    so module().to("cuda") fails at the first frame ("Tensor device mismatch"). The export pass moves the
+    weights, constants and every device argument together.
+    """
+    from torch.export.passes import move_to_device_pass
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:  # torch raises several types for a foreign or truncated archive
+        raise BundleError(f"bundle refused: torch cannot load {path} ({e}); re-export the bundle with this torch version") from None
+    return move_to_device_pass(program, device).module()
+
+
 class _Slot:
     """Buffers, stream and events of one in-flight batch."""
 
@@ -147,11 +163,7 @@ class TorchCudaBackend:
                 f"bundle refused for torch-cuda: {path} is missing (this bundle has model.onnx only); "
                 "re-export it with a current `ssae train fit`, or use backend \"tensorrt\" or \"onnxruntime\""
             )
-        try:
-            program = self.torch.export.load(str(path))
-        except Exception as e:  # torch raises several types for a foreign or truncated archive
-            raise BundleError(f"bundle refused: torch cannot load {path} ({e}); re-export the bundle with this torch version") from None
-        return program.module().to(self.device)  # exported in eval mode already; .eval() is not supported on it
+        return load_program(self.torch, path, self.device)
 
     # -- compute --------------------------------------------------------------------------------------
 

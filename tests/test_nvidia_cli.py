@@ -24,7 +24,7 @@ def test_build_engine_without_tensorrt_is_one_line_exit_2(tiny_bundle):
     """A real process, as on a box without the NVIDIA stack: one stderr line naming what to install."""
     out = subprocess.run(
         [sys.executable, "-m", "edge", "build-engine", str(tiny_bundle), "--max-batch", "4"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()

@@ -53,6 +53,19 @@ def cpu_backend(bundle, **kw):
     return open_backend(bundle, "torch-cuda", **kw)
 
 
+def test_program_moves_whole_to_the_gpu(pt2_bundle):
+    """Export on the CPU bakes device=cpu into the graph (an input check among others): the loader must
+    rewrite every device argument, or the first GPU frame fails. Checked on the meta device, here too."""
+    from edge.backend_torch_cuda import PT2_NAME, load_program
+
+    module = load_program(torch, pt2_bundle.path / PT2_NAME, torch.device("meta"))
+    devices = {v for n in module.graph.nodes for v in n.kwargs.values() if isinstance(v, torch.device)}
+    assert devices <= {torch.device("meta")}, devices
+    assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
+    amap, score = module(torch.empty((2, 32, 32, 3), dtype=torch.uint8, device="meta"))
+    assert amap.shape == (2, 32, 32) and score.shape == (2,) and amap.device.type == "meta"
+
+
 def test_cpu_matches_onnxruntime_in_order(pt2_bundle, frames, reference):
     backend = cpu_backend(pt2_bundle, channels_last=True)
     try:

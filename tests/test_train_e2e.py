@@ -24,7 +24,7 @@ from train.export import run_graph
 from train.loop import CKPT_NAME, graph_from_checkpoint, work_dir_for
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--steps", "6", "--no-progress", "--threads", "1"]
+TINY = ["--steps", "6", "--no-progress", "--threads", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def test_eval_on_the_trained_bundle(trained, tiny_dataset, tmp_path):
 def test_resume_continues_and_refuses_another_recipe(trained, tiny_dataset, tiny_config, tmp_path):
     out = tmp_path / "b"
     runner = CliRunner()
-    args = ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), "--no-progress", "--threads", "1"]
+    # --device cpu: bit-for-bit equality is a CPU promise (GPU backward kernels use atomics); `trained` too.
+    args = ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), "--no-progress", "--threads", "1", "--device", "cpu"]
     assert runner.invoke(app, [*args, "--steps", "3"]).exit_code == 0
     first_id = load_bundle(out).model_id
     r = runner.invoke(app, [*args, "--steps", "6", "--resume"])
@@ -94,6 +95,22 @@ def test_batch_workers_give_the_same_bundle(trained, tiny_dataset, tiny_config, 
     assert r.exit_code == 0, r.output
     assert "batch workers 2" in r.output
     assert load_bundle(out).model_id == load_bundle(trained).model_id
+
+
+def test_fit_on_the_gpu_or_a_clear_refusal(tiny_dataset, tiny_config, tmp_path):
+    """--device cuda trains there (worker processes make the batches); without CUDA it is a one-line refusal."""
+    import torch
+
+    out = tmp_path / "gpu"
+    tiny = [a for a in TINY if a not in ("--device", "cpu")]
+    r = CliRunner().invoke(app, ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), *tiny, "--device", "cuda", "--workers", "2"])
+    if torch.cuda.is_available():
+        assert r.exit_code == 0, r.output
+        assert "on cuda:0, batch workers 2" in r.output
+        assert load_bundle(out).manifest.provenance.steps == 6
+    else:
+        assert r.exit_code == 2 and "sees no CUDA GPU" in r.output and "--device auto or cpu" in r.output
+        assert not out.exists()
 
 
 def test_auto_workers_feed_a_gpu_and_leave_cpu_cores_to_the_model():

@@ -24,6 +24,7 @@ def fit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT.work/."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: the recipe's, auto: the GPU if torch sees one)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes making batches ahead of the step (default: recipe's; -1 auto: 0 on CPU, up to 8 with a GPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar; without it, one line (step, loss, images/s, ETA) per checkpoint."),
 ) -> None:
@@ -32,7 +33,7 @@ def fit(
         from train.config import load_config
         from train.loop import fit as run_fit
 
-        cfg = load_config(config, recipe, steps=steps, image_size=image_size, seed=seed, threads=threads, workers=workers)
+        cfg = load_config(config, recipe, steps=steps, image_size=image_size, seed=seed, threads=threads, device=device, workers=workers)
         run_fit(data, out, cfg, category=category, resume=resume, progress=progress)
 
 

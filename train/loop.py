@@ -44,9 +44,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def comparable(cfg: TrainConfig) -> dict:
-    """The recipe minus what may change on resume (length, threads, workers, checkpoint cadence, budget)."""
+    """The recipe minus what may change on resume (length, threads, device, workers, checkpoint cadence, budget)."""
     d = msgspec.to_builtins(cfg)
-    for k in ("steps", "threads", "workers", "checkpoint_every", "time_budget_min"):
+    for k in ("steps", "threads", "device", "workers", "checkpoint_every", "time_budget_min"):
         d.pop(k)
     return d
 
@@ -93,9 +93,12 @@ def provisional_calibration(graph: InferenceGraph, holdout: np.ndarray) -> Calib
     )
 
 
-def pick_device() -> torch.device:
-    """This rank's GPU (LOCAL_RANK under torchrun), else the CPU."""
-    if not torch.cuda.is_available():
+def pick_device(wanted: str) -> torch.device:
+    """This rank's GPU (LOCAL_RANK under torchrun) unless the recipe says cpu or torch sees none."""
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device = \"cuda\" but torch {torch.__version__} sees no CUDA GPU: use --device auto or cpu, "
+                        "or install a CUDA build of torch on this box")
+    if wanted == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     local, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
     if local >= count:
@@ -105,10 +108,10 @@ def pick_device() -> torch.device:
     return torch.device("cuda", local)
 
 
-def setup_distributed() -> tuple[int, int]:
+def setup_distributed(device: torch.device) -> tuple[int, int]:
     if "RANK" not in os.environ:
         return 0, 1
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend=backend)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
@@ -137,8 +140,8 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     ckpt_path = work / CKPT_NAME
     state = load_checkpoint(ckpt_path, cfg) if resume else None
 
-    device = pick_device()
-    rank, world = setup_distributed()
+    device = pick_device(cfg.device)
+    rank, world = setup_distributed(device)
     torch.set_flush_denormal(True)  # denormals made CPU steps 5-10x slower
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
