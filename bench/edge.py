@@ -20,16 +20,17 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import msgspec  # noqa: E402
 
 from edge.bench import format_markdown, run_bench, write_section  # noqa: E402
+from edge.bench_defaults import DEFAULTS  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=None, help="bundle to time (default: untrained default model)")
     parser.add_argument("--size", type=int, default=256, help="input size of the bundle built without --bundle")
-    parser.add_argument("--frames", type=int, default=600, help="frames in the end-to-end video")
-    parser.add_argument("--latency-frames", type=int, default=200, help="frames in the paced latency run")
-    parser.add_argument("--rounds", type=int, default=5, help="raw-then-daemon rounds; the median round's ratio is reported")
-    parser.add_argument("--measure-s", type=float, default=4.0, help="seconds per batch size in the raw timing")
+    parser.add_argument("--frames", type=int, default=DEFAULTS.frames, help="frames in the end-to-end video")
+    parser.add_argument("--latency-frames", type=int, default=DEFAULTS.latency_frames, help="frames in the paced latency run")
+    parser.add_argument("--rounds", type=int, default=DEFAULTS.rounds, help="raw-then-daemon rounds; the median round's ratio is reported")
+    parser.add_argument("--measure-s", type=float, default=DEFAULTS.measure_s, help="seconds per batch size in the raw timing")
     parser.add_argument("--work", type=Path, default=ROOT / "bench-out" / "edge", help="folder for bundle, videos, logs")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     args = parser.parse_args()

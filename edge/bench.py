@@ -29,6 +29,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from edge.bench_defaults import DEFAULTS
 from edge.clitools import UserError
 
 RAW_BATCHES = (1, 2, 4, 8)
@@ -167,7 +168,7 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
 # Raw ONNX Runtime.
 
 
-def measure_raw(bundle_dir: Path, frames: np.ndarray, *, batches=RAW_BATCHES, measure_s: float = 4.0, threads: int = 0) -> RawResult:
+def measure_raw(bundle_dir: Path, frames: np.ndarray, *, batches=RAW_BATCHES, measure_s: float = DEFAULTS.measure_s, threads: int = 0) -> RawResult:
     from edge.backend import open_backend
     from edge.bundle import load_bundle
 
@@ -336,8 +337,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_bench(*, bundle: Path | None, work: Path, size_px: int = 256, frames: int = 600, latency_frames: int = 200,
-              measure_s: float = 4.0, rounds: int = 5, command: str = "ssae edge bench", progress=print) -> BenchResult:
+def run_bench(*, bundle: Path | None, work: Path, size_px: int = 256, frames: int = DEFAULTS.frames, latency_frames: int = DEFAULTS.latency_frames,
+              measure_s: float = DEFAULTS.measure_s, rounds: int = DEFAULTS.rounds, command: str = "ssae edge bench", progress=print) -> BenchResult:
     import onnxruntime
 
     work.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edge.bench_defaults import DEFAULTS
 from edge.clitools import fail, known_errors
 
 
@@ -76,10 +77,10 @@ def _curve_hook(client_key: Path | None, server_key: Path | None):
 def bench(
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Bundle to time; default: an untrained default model (timing does not depend on weights).")] = None,
     size: Annotated[int, typer.Option("--size", min=16, help="Input size of the bundle built when --bundle is not given.")] = 256,
-    frames: Annotated[int, typer.Option("--frames", min=50, help="Frames in the end-to-end video.")] = 600,
-    latency_frames: Annotated[int, typer.Option("--latency-frames", min=20, help="Frames in the paced latency run.")] = 200,
-    measure: Annotated[float, typer.Option("--measure-s", min=0.1, help="Seconds per batch size in the raw timing.")] = 4.0,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Raw-then-daemon rounds; the median round's ratio is reported.")] = 5,
+    frames: Annotated[int, typer.Option("--frames", min=50, help="Frames in the end-to-end video.")] = DEFAULTS.frames,
+    latency_frames: Annotated[int, typer.Option("--latency-frames", min=20, help="Frames in the paced latency run.")] = DEFAULTS.latency_frames,
+    measure: Annotated[float, typer.Option("--measure-s", min=0.1, help="Seconds per batch size in the raw timing.")] = DEFAULTS.measure_s,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Raw-then-daemon rounds; the median round's ratio is reported.")] = DEFAULTS.rounds,
     work: Annotated[Path, typer.Option("--work", help="Folder for the bundle, videos, configs and daemon logs.")] = Path("bench-out/edge"),
     write: Annotated[Path | None, typer.Option("--write", help="Also replace the 'Edge daemon' section of this file (e.g. BENCHMARKS.md).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
