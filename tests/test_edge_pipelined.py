@@ -33,6 +33,8 @@ from edge.wire import FrameHeader, Health, Reload
 torch = pytest.importorskip("torch")
 DECODER = msgspec.msgpack.Decoder(FrameHeader | Health)
 GPU_ON_CPU = {"device": "cpu", "in_flight": 2}
+ON_GPU = {"device": "cuda", "in_flight": 2, "precision": "fp16", "cuda_graphs": True}  # what a line box runs
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,8 @@ def ort_scores(bundle, folder):
         backend.close()
 
 
-def make_daemon(bundle, cameras, **top):
-    raw = {"bundle": str(bundle), "cameras": cameras, "threads": 1, "backend": "torch-cuda", "gpu": GPU_ON_CPU, "max_batch": 4, **top}
+def make_daemon(bundle, cameras, gpu=GPU_ON_CPU, **top):
+    raw = {"bundle": str(bundle), "cameras": cameras, "threads": 1, "backend": "torch-cuda", "gpu": gpu, "max_batch": 4, **top}
     raw["publish"] = {"endpoints": ["tcp://127.0.0.1:*"], "heartbeat_s": 0.2, "wait_for_subscriber_s": 10, **top.get("publish", {})}
     return Daemon(config_from_dict(raw, origin="test"))
 
@@ -109,9 +111,12 @@ def sample(daemon, name, **labels):
     return daemon.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def test_every_frame_in_order_with_onnxruntime_scores_and_device_times(pt2_bundle, tmp_path, ctx):
+@pytest.mark.parametrize("gpu, rtol", [(GPU_ON_CPU, 1e-4), pytest.param(ON_GPU, 1e-2, marks=[needs_cuda, pytest.mark.gpu], id="cuda-fp16-graphs")],
+                         ids=lambda v: "cpu" if v is GPU_ON_CPU else None)
+def test_every_frame_in_order_with_onnxruntime_scores_and_device_times(gpu, rtol, pt2_bundle, tmp_path, ctx):
     folders = {"left": write_images(tmp_path / "left", 13, 0), "right": write_images(tmp_path / "right", 9, 100)}
-    daemon = make_daemon(pt2_bundle, [{"id": cam, "source": str(f), "queue": "all", "queue_size": 8} for cam, f in folders.items()], metrics={"port": 0})
+    cameras = [{"id": cam, "source": str(f), "queue": "all", "queue_size": 8} for cam, f in folders.items()]
+    daemon = make_daemon(pt2_bundle, cameras, gpu=gpu, metrics={"port": 0})
     assert daemon.model.backend.name == "torch-cuda" and daemon.model.backend.in_flight == 2
     frames, code = run_to_end(daemon, subscribe(ctx, daemon.publisher.endpoints[0]))
     assert code == 0
@@ -121,7 +126,7 @@ def test_every_frame_in_order_with_onnxruntime_scores_and_device_times(pt2_bundl
         assert [f.seq for f in got] == list(range(len(reference))), "every frame once, in seq order"
         assert [f.source for f in got] == sorted(reference)
         assert all(f.verdict == "unknown" and f.reason.startswith("uncalibrated") for f in got)  # the score still travels
-        np.testing.assert_allclose([f.score for f in got], [reference[f.source] for f in got], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose([f.score for f in got], [reference[f.source] for f in got], rtol=rtol, atol=1e-6)
     batches = sample(daemon, "ssae_batch_size_count")
     assert batches >= 22 / 4 and sample(daemon, "ssae_batch_size_sum") == 22
     assert sample(daemon, "ssae_batches_in_flight_count") == batches
