@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from edge.bundle import load_bundle
@@ -86,6 +87,26 @@ def test_resume_continues_and_refuses_another_recipe(trained, tiny_dataset, tiny
     r = runner.invoke(app, [*args, "--steps", "9", "--resume", "--recipe", "plain"])
     assert r.exit_code == 2 and "another recipe" in r.output and "corruption" in r.output
     assert load_bundle(out).manifest.provenance.steps == 6  # nothing overwritten
+
+
+def test_weight_average_is_exported_and_resumes(tiny_dataset, tiny_config, tmp_path):
+    """ema_decay > 0: the bundle ships the averaged weights (not the last step's), and resume carries the average."""
+    cfg = tmp_path / "ema.toml"
+    cfg.write_text("ema_decay = 0.9\n" + tiny_config.read_text())
+    args = ["train", "fit", str(tiny_dataset), "--category", "part", "--config", str(cfg), "--no-progress", "--threads", "1", "--device", "cpu"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "straight"), "--steps", "6"]).exit_code == 0
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "resumed"), "--steps", "3"]).exit_code == 0
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume"])
+    assert r.exit_code == 0, r.output
+    straight = load_bundle(tmp_path / "straight")
+    assert load_bundle(tmp_path / "resumed").model_id == straight.model_id
+    state = torch.load(work_dir_for(tmp_path / "straight") / CKPT_NAME, weights_only=False)
+    assert any(not (state["ema"][k] == v).all() for k, v in state["model"].items())  # the two weight sets differ
+    frames = np.stack([cv2.imread(str(p)) for p in sorted((tiny_dataset / "part" / "test").rglob("*.png"))])
+    _, torch_score = run_graph(graph_from_checkpoint(work_dir_for(tmp_path / "straight") / CKPT_NAME), frames)
+    sess = ort.InferenceSession(str(tmp_path / "straight" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"frames": frames})[1], torch_score, atol=1e-4, rtol=0)
 
 
 def test_batch_workers_give_the_same_bundle(trained, tiny_dataset, tiny_config, tmp_path):

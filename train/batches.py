@@ -19,7 +19,11 @@ from train.corrupt import corrupt
 
 
 def make_batch(images: np.ndarray, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
-    """-> (input, target, weight) float32 tensors (B, C, H, W), (B, C, H, W), (B, 1, H, W) in [0, 1] units."""
+    """-> (input, target, weight) float32 tensors (B, C, H, W), (B, C, H, W), (B, 1, H, W) in [0, 1] units.
+
+    images: the training images only; they are also the pool of foreign texture, so no held-out image
+    is ever seen in training (it sets the provisional threshold).
+    """
     xs, ins, alphas = [], [], []
     for i in idx:
         x = images[i].astype(np.float32) / 255.0  # (H, W, C)
@@ -49,14 +53,15 @@ class Batches(Dataset):
     """Indexed by step: the batch a rank trains on at that step."""
 
     def __init__(self, images: np.ndarray, train_idx: np.ndarray, cfg: TrainConfig, rank: int, per_rank: int):
-        self.images, self.train_idx, self.cfg, self.rank, self.per_rank = images, train_idx, cfg, rank, per_rank
+        self.images = images[train_idx]  # (N_train, H, W, C): the held-out images stay out of batches and fills
+        self.cfg, self.rank, self.per_rank = cfg, rank, per_rank
 
     def __len__(self) -> int:
         return self.cfg.steps
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, self.rank, step])
-        idx = self.train_idx[rng.integers(0, len(self.train_idx), self.per_rank)]
+        idx = rng.integers(0, len(self.images), self.per_rank)
         return make_batch(self.images, idx, self.cfg, rng)
 
 

@@ -31,6 +31,7 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     warmup_steps: Annotated[int, Meta(ge=0)] = 100
     weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
     grad_clip: Annotated[float, Meta(gt=0)] = 1.0
+    ema_decay: Annotated[float, Meta(ge=0, lt=1)] = 0.0  # 0: export the last weights; else their moving average
     noise_std: Annotated[float, Meta(ge=0, le=1)] = 0.02
     noise_in_target: bool = True
     region_weight: Annotated[float, Meta(ge=1)] = 3.0

@@ -9,6 +9,7 @@ power cut leaves the last one intact.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -93,6 +94,19 @@ def provisional_calibration(graph: InferenceGraph, holdout: np.ndarray) -> Calib
     )
 
 
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * net, with d ramping up as (1+t)/(10+t) so the random init washes out early.
+
+    BatchNorm running statistics are copied, not averaged: they already are moving averages.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - d)
+        for be, b in zip(ema.buffers(), net.buffers()):
+            be.copy_(b)
+
+
 def pick_device(wanted: str) -> torch.device:
     """This rank's GPU (LOCAL_RANK under torchrun) unless the recipe says cpu or torch sees none."""
     if wanted == "cuda" and not torch.cuda.is_available():
@@ -152,10 +166,13 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     net = FilterAE(cfg.model).to(device, memory_format=memory_format)
+    ema = copy.deepcopy(net).eval() if cfg.ema_decay else None  # the averaged weights, never trained directly
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed = 0, 0.0
     if state is not None:
         net.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
         torch.set_rng_state(state["torch_rng"])
@@ -173,6 +190,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
         if rank == 0:
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
                                         "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                                        **({"ema": ema.state_dict()} if ema is not None else {}),
                                         "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width})
 
     bar = None
@@ -196,6 +214,8 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                ema_update(ema, net, cfg.ema_decay, step)
             step += 1
             now = time.perf_counter()
             elapsed += now - t_last
@@ -223,6 +243,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
+        net = ema if ema is not None else net  # what the bundle ships
         net.eval().cpu().to(memory_format=torch.contiguous_format)
         graph = InferenceGraph(net, mean, std, cfg.sigma_px(width))
         sample = images[np.random.default_rng(cfg.seed).permutation(n)[:128]]
@@ -249,6 +270,6 @@ def graph_from_checkpoint(path: Path) -> InferenceGraph:
     state = torch.load(path, map_location="cpu", weights_only=False)
     cfg = msgspec.convert(state["config"], type=TrainConfig)
     net = FilterAE(msgspec.convert(state["config"]["model"], type=ModelConfig))
-    net.load_state_dict(state["model"])
+    net.load_state_dict(state.get("ema", state["model"]))  # the exported weights: the average when there is one
     width = state.get("width") or 0
     return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width), state.get("row_gain"), state.get("col_gain"))
