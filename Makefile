@@ -27,7 +27,7 @@ bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
 
 bench-edge: $(STAMP)
-	$(BIN)/python bench/edge.py
+	$(BIN)/ssae edge bench --write BENCHMARKS.md --json bench-out/edge/edge-bench.json
 
 clean:
 	rm -rf $(VENV) demo-run

@@ -5,7 +5,7 @@
 Without --bundle it writes the project's synthetic parts (train/synthetic.py, MVTec layout, with
 defects and masks) at --size, trains the default recipe and default network with `ssae train fit`
 (a subprocess, exactly what a user runs; reused when already there), then runs the FP16 check of
-edge/fp16_check.py on the labelled test split: ONNX Runtime on the CPU, FP32 graph against the FP16
+edge/tools/fp16_check.py on the labelled test split: ONNX Runtime on the CPU, FP32 graph against the FP16
 rewrite, verdicts judged at the bundle's calibrated threshold. --write puts the table into the
 "NVIDIA path / FP16" section of BENCHMARKS.md (between its markers; nothing else in the file changes).
 """
@@ -71,7 +71,7 @@ def table(result, bundle, seconds: float) -> str:
         f"Run {dt.date.today().isoformat()} on {platform.machine()} CPU with `python bench/fp16.py --write` "
         f"(the check itself: {seconds:.0f} s; `ssae edge fp16-check BUNDLE DATA` does the same on any bundle).",
         "Method: ONNX Runtime (CPU) runs the bundle's graph as exported (FP32) and rewritten to FP16 by",
-        "edge/onnx_fp16.py (every float tensor and weight FP16, uint8 input and float32 outputs kept). ONNX",
+        "edge/tools/onnx_fp16.py (every float tensor and weight FP16, uint8 input and float32 outputs kept). ONNX",
         "Runtime's CPU provider has no FP16 kernel for the ops listed above: it rounds their inputs and outputs",
         "to FP16 and computes in FP32 between, i.e. FP16 storage with FP32 accumulation, as GPU tensor-core",
         "convolutions do. A TensorRT tactic that accumulates in FP16 would deviate more; that and the FP16",
@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edge.bundle import load_bundle
-    from edge.fp16_check import check_bundle, format_result
+    from edge.tools.fp16_check import check_bundle, format_result
 
     if args.bundle:
         if not args.data:

@@ -106,7 +106,7 @@ def measure(label: str, factory, frames: np.ndarray, seconds: float, latency_n: 
 
 
 def fp16_agreement(bundle, frames: np.ndarray) -> float:
-    from edge.backend import open_backend
+    from edge.backends import open_backend
 
     scores = {}
     for precision in ("fp32", "fp16"):
@@ -132,9 +132,9 @@ def main() -> None:
 
     import torch
 
-    from edge.backend import open_backend
+    from edge.backends import open_backend
     from edge.bundle import load_bundle
-    from edge.clitools import UserError
+    from edge.errors import UserError
 
     if not torch.cuda.is_available() and not args.smoke_cpu:
         sys.exit(f"no CUDA GPU visible to torch {torch.__version__}: nothing to measure here (run this on the GPU box)")

@@ -1,6 +1,6 @@
 """Make a running daemon judge with a bundle's new calibration, without a restart or a lost frame.
 
-Over the daemon's control endpoint (edge.control, REQ/REP): first Status, to make sure the daemon runs the
+Over the daemon's control endpoint (edge/client/control.py, REQ/REP): first Status, to make sure the daemon runs the
 bundle's model (thresholds of one model mean nothing for another); then either
 
 - Reload (default): the daemon re-reads its own bundle from disk and swaps in the new calibration between
@@ -18,34 +18,26 @@ from pathlib import Path
 
 import zmq
 
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.manifest import Calibration, read_manifest
-from edge.sockets import Secure
+from edge.security import ClientHook
 from edge.wire import ApplyThresholds, Reload, Reply, Request, Status
 
 
-def curve_client(client_secret_file: Path, server_public_file: Path) -> Secure:
-    """A `secure` hook for edge.control.send_request from `ssae edge keys` files (loaded now: bad files fail early)."""
-    from edge.security import load_key_pair, load_public_key, secure_client_socket
-
-    keys, server = load_key_pair(client_secret_file), load_public_key(server_public_file)
-    return lambda sock, role: secure_client_socket(sock, keys, server)
-
-
-def apply_calibration(bundle_dir: Path, control: str, *, thresholds_only: bool = False, timeout_s: float = 5.0, secure: Secure | None = None) -> tuple[Reply, Calibration]:
+def apply_calibration(bundle_dir: Path, control: str, *, thresholds_only: bool = False, timeout_s: float = 5.0, configure: ClientHook | None = None) -> tuple[Reply, Calibration]:
     """Bring the daemon at `control` onto the bundle's current calibration; returns its reply and the calibration."""
     manifest = read_manifest(bundle_dir)
     cal = manifest.calibration
     if cal is None:
         raise UserError(f"{bundle_dir} has no calibration to apply; run `ssae calibrate fit` first")
-    status = _ask(control, Status(), timeout_s, secure)
+    status = _ask(control, Status(), timeout_s, configure)
     if status.model_id != manifest.model_id:
         raise UserError(
             f"the daemon at {control} runs model {status.model_id[:12]}…, {bundle_dir} is model {manifest.model_id[:12]}…; "
             "its thresholds would mean nothing there: deploy the bundle (Reload with its path) or calibrate the daemon's bundle"
         )
     request = ApplyThresholds(image_threshold=cal.image_threshold, pixel_threshold=cal.pixel_threshold) if thresholds_only else Reload()
-    reply = _ask(control, request, timeout_s, secure)
+    reply = _ask(control, request, timeout_s, configure)
     if not reply.ok:
         raise UserError(f"the daemon at {control} refused: {reply.message}")
     if not (_same(reply.image_threshold, cal.image_threshold) and _same(reply.pixel_threshold, cal.pixel_threshold)):
@@ -57,11 +49,11 @@ def apply_calibration(bundle_dir: Path, control: str, *, thresholds_only: bool =
     return reply, cal
 
 
-def _ask(control: str, request: Request, timeout_s: float, secure: Secure | None) -> Reply:
-    from edge.control import send_request
+def _ask(control: str, request: Request, timeout_s: float, configure: ClientHook | None) -> Reply:
+    from edge.client.control import send_request
 
     try:
-        return send_request(control, request, timeout_s=timeout_s, secure=secure)
+        return send_request(control, request, timeout_s=timeout_s, configure=configure)
     except TimeoutError as e:
         raise UserError(f"{e} (waited for the {type(request).__name__} reply; with CURVE on, pass --client-key and --server-key)") from None
     except zmq.ZMQError as e:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edge.clitools import UserError, known_errors
+from edge.errors import UserError, known_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -108,14 +108,6 @@ def _write(bundle: Path, report: Path | None, result, model_id: str, *, title: s
     print(f"\nwrote the calibration into {bundle / 'manifest.json'} ({len(manifest.history)} earlier in history); report: {report_path}")
 
 
-def _curve_files(client_key: Path | None, server_key: Path | None) -> bool:
-    if client_key is None and server_key is None:
-        return False
-    if client_key is None or server_key is None:
-        raise UserError("CURVE needs both --client-key (your NAME.key_secret) and --server-key (the daemon's NAME.key)")
-    return True
-
-
 def _print_result(cal, image_detail: str, pixel_detail: str) -> None:
     from calibrate.summary import format_table, summary_rows
 
@@ -160,13 +152,9 @@ def live(
         from calibrate.live import fit_live
 
         options = FitOptions(target_false_reject=target_false_reject, confidence=confidence, force=force, progress=not quiet)
-        configure = None
-        if _curve_files(client_key, server_key):
-            from edge.security import load_key_pair, load_public_key
-            from edge.subscriber import curve_client
+        from edge.security import curve_client_from_files
 
-            keys = load_key_pair(client_key)
-            configure = curve_client(load_public_key(server_key), keys.public, keys.secret)
+        configure = curve_client_from_files(client_key, server_key)
         result, model_id = fit_live(bundle, endpoint, frames=frames, options=options, cameras=camera or None,
                                     idle_timeout_s=idle_timeout, timeout_s=timeout, configure=configure)
         _write(bundle, report, result, model_id, title=f"Live calibration of {bundle.name} (model {model_id[:12]})")
@@ -184,10 +172,11 @@ def apply(
 ) -> None:
     """Make a running daemon judge with the bundle's current calibration, without a restart or a lost frame."""
     with known_errors():
-        from calibrate.apply import apply_calibration, curve_client
+        from calibrate.apply import apply_calibration
+        from edge.security import curve_client_from_files
 
-        secure = curve_client(client_key, server_key) if _curve_files(client_key, server_key) else None
-        reply, cal = apply_calibration(bundle, control, thresholds_only=thresholds_only, timeout_s=timeout, secure=secure)
+        configure = curve_client_from_files(client_key, server_key)
+        reply, cal = apply_calibration(bundle, control, thresholds_only=thresholds_only, timeout_s=timeout, configure=configure)
         how = "thresholds sent" if thresholds_only else "bundle reloaded"
         print(f"{control}: {how}; the daemon now judges with image threshold {reply.image_threshold:.6g}, pixel threshold {reply.pixel_threshold:.6g} "
               f"(model {reply.model_id[:12]}, calibration {cal.method} of {cal.created or 'unknown date'})")

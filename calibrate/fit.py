@@ -18,7 +18,7 @@ import numpy as np
 
 from calibrate import rules
 from calibrate.score import IMAGE_SUFFIXES, Scored, list_images, read_image, score_images
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.manifest import Calibration
 from edge.preprocess import FrameError, Roi
 
@@ -150,7 +150,7 @@ def too_few_goods(n_good: int, options: FitOptions) -> str:
 
 def fit_folders(bundle_dir: Path, good_dirs: Sequence[Path], defect_dirs: Sequence[Path], masks_dir: Path | None, options: FitOptions) -> tuple[FitResult, str]:
     """Score the folders with the bundle and decide; returns the result and the bundle's model id."""
-    from edge.backend import open_backend
+    from edge.backends import open_backend
     from edge.bundle import load_bundle
 
     if masks_dir is not None and not defect_dirs:

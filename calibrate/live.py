@@ -1,7 +1,7 @@
 """Gather image scores of known-good production from a running daemon's stream.
 
 The daemon's frame headers carry each frame's score as computed on the line (same camera, crop, backend),
-so a live calibration needs no images: it subscribes with edge.subscriber, keeps the finite scores of
+so a live calibration needs no images: it subscribes with edge.client.subscriber, keeps the finite scores of
 the bundle's model and fits them by the good-only rule. Frames the daemon could not judge (score NaN:
 wrong size, backend error) are counted and left out; a stream from another model is refused at once.
 """
@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from calibrate import rules
 from calibrate.fit import CalibrationRefused, FitOptions, FitResult, PixelChoice, decide, too_few_goods
-from edge.clitools import UserError
-from edge.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber
+from edge.errors import UserError
+from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber
 
 
 class LiveScores(msgspec.Struct, frozen=True, kw_only=True):

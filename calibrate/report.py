@@ -14,7 +14,8 @@ import numpy as np
 
 from calibrate import rules
 from calibrate.summary import summary_rows
-from edge.manifest import Calibration, atomic_write_bytes
+from edge.files import atomic_write_bytes
+from edge.manifest import Calibration
 
 GOOD_COLOUR = "#2b7bba"
 DEFECT_COLOUR = "#d62728"

@@ -16,8 +16,8 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
-from edge.backend import Backend
-from edge.clitools import UserError
+from edge.backends import Backend
+from edge.errors import UserError
 from edge.manifest import InputSpec
 from edge.preprocess import FrameError, Roi, fit_frame
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.manifest import Calibration, Manifest, read_manifest, write_manifest
 
 

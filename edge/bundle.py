@@ -6,7 +6,8 @@ from pathlib import Path
 
 import msgspec
 
-from edge.manifest import MODEL_NAME, BundleError, Manifest, read_manifest, sha256_file
+from edge.files import sha256_file
+from edge.manifest import MODEL_NAME, BundleError, Manifest, read_manifest
 
 
 class Bundle(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,14 +12,13 @@ The ONNX graph takes raw frames and returns the anomaly map and score (see DESIG
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
+
+from edge.files import atomic_write_bytes, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -119,35 +118,6 @@ class Manifest(Strict, kw_only=True):
 
 class BundleError(Exception):
     """A bundle failed a check; the message names the check and the fix."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via temp file in the same folder, fsync, rename: after a crash the old file is intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

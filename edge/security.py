@@ -11,8 +11,8 @@ Server side (the daemon), in this order:
     auth.stop()                                              # after the sockets are closed
 
 Without a running authenticator libzmq lets every CURVE client in, so `start_server_security`
-bundles both steps for callers that want one call. Client side (the adapter): `secure_client_socket`
-before connect.
+bundles both steps for callers that want one call. Client side: `curve_client` (or `client_secure` from a
+config) makes the hook that every client passes as `configure=`; it runs before connect.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from edge.clitools import UserError
+from edge.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -236,21 +236,29 @@ def secure_client_socket(sock: zmq.Socket, client_keys: KeyPair, server_public: 
     sock.curve_serverkey = server_public
 
 
-def client_secure(cfg: ClientSecurityConfig) -> Callable[[zmq.Socket, str], None] | None:
-    """A `(socket, role)` hook for clients (edge.control.send_request's `secure=`); None when CURVE is off.
+ClientHook = Callable[[zmq.Socket], None]  # configures a client socket before connect (subscriber, control client)
+ServerHook = Callable[[zmq.Socket, str], None]  # (socket, role): configures a bound socket before bind
 
-    Keys are read now, so a missing file fails before any socket exists.
-    """
-    if not cfg.curve:
+
+def curve_client(client_secret_file: str | Path, server_public_file: str | Path) -> ClientHook:
+    """The one client-side CURVE set-up: a hook from `ssae edge keys` files, loaded now so a bad file fails
+    before any socket exists. Used by the subscriber library, tap, calibrate, the adapters and the control client."""
+    keys, server = load_key_pair(client_secret_file), load_public_key(server_public_file)
+    return lambda sock: secure_client_socket(sock, keys, server)
+
+
+def curve_client_from_files(client_secret_file: Path | None, server_public_file: Path | None, *, flags: str = "--client-key/--server-key") -> ClientHook | None:
+    """For commands with both key options: None when neither is given, a hook when both are, an error otherwise."""
+    if client_secret_file is None and server_public_file is None:
         return None
-    keys, server = load_key_pair(cfg.client_secret_key), load_public_key(cfg.server_public_key)
-    return lambda sock, role="": secure_client_socket(sock, keys, server)
+    if client_secret_file is None or server_public_file is None:
+        raise UserError(f"CURVE needs both key files ({flags}): your NAME.key_secret and the daemon's public NAME.key")
+    return curve_client(client_secret_file, server_public_file)
 
 
-def apply_client_security(sock: zmq.Socket, cfg: ClientSecurityConfig) -> None:
-    """Load the configured keys and secure `sock` when cfg.curve; a no-op otherwise. Call before connect."""
-    if cfg.curve:
-        secure_client_socket(sock, load_key_pair(cfg.client_secret_key), load_public_key(cfg.server_public_key))
+def client_secure(cfg: ClientSecurityConfig) -> ClientHook | None:
+    """The client hook a config asks for (adapters); None when CURVE is off."""
+    return curve_client(cfg.client_secret_key, cfg.server_public_key) if cfg.curve else None
 
 
 # --- the ZAP authenticator ----------------------------------------------------------------------
@@ -334,7 +342,7 @@ class ServerSecurity:
         secure_server_socket(sock, self.keys)
 
     def __call__(self, sock: zmq.Socket, role: str = "") -> None:
-        """The `edge.sockets.Secure` hook: pass the object itself as `secure=` to open_bound."""
+        """The ServerHook: pass the object itself as `secure=` to open_bound."""
         secure_server_socket(sock, self.keys)
 
     def stop(self) -> None:

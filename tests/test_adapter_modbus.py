@@ -17,9 +17,9 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import ModbusTcpServer
 
 from edge import wire
-from edge.adapter_config import AdapterConfig
-from edge.adapter_modbus import run_modbus_adapter
-from edge.plc_link import STATUS_BITS
+from edge.adapter.config import AdapterConfig
+from edge.adapter.modbus import run_modbus_adapter
+from edge.adapter.plc_link import STATUS_BITS
 
 # A crash in the adapter's own threads must fail the test, not pass as a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from wirepub import WirePublisher
 
-from edge.bench import (
+from edge.tools.bench import (
     BenchResult,
     Round,
     RawResult,
@@ -101,7 +101,7 @@ def test_write_section_replaces_only_its_own(tmp_path):
 
 
 def test_bench_end_to_end_on_tiny_bundle(tiny_bundle, tmp_path):
-    from edge.bench import run_bench
+    from edge.tools.bench import run_bench
 
     result = run_bench(bundle=tiny_bundle, work=tmp_path, frames=60, latency_frames=20, measure_s=0.1, rounds=2, progress=lambda line: None)
     assert len(result.rounds) == 2 and all(r.raw_fps > 0 for r in result.rounds)
@@ -114,7 +114,7 @@ def test_bench_end_to_end_on_tiny_bundle(tiny_bundle, tmp_path):
 
 
 def test_result_encodes_as_json():
-    from edge.bench import summarise
+    from edge.tools.bench import summarise
 
     rec = SinkRecord(seq=list(range(30)), capture_ns=[i * 10**7 for i in range(30)], publish_ns=[i * 10**7 + 5 * 10**6 for i in range(30)],
                      received_ns=[i * 10**7 + 6 * 10**6 for i in range(30)], lost=0, dropped=0)
@@ -131,7 +131,7 @@ def test_peak_rss_is_the_childs_not_the_parents():
 
     import numpy as np
 
-    from edge.bench import wait_with_rss
+    from edge.tools.bench import wait_with_rss
 
     ballast = np.ones(200 * 2**20, np.uint8)  # the parent holds 200 MB; the child must not be charged for it
     code = "import numpy as np, time; a = np.ones(60 * 2**20, np.uint8); time.sleep(0.5)"

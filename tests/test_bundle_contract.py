@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from edge.bundle import load_bundle
-from edge.manifest import BundleError, read_manifest, sha256_file
+from edge.files import sha256_file
+from edge.manifest import BundleError, read_manifest
 
 
 def test_onnx_io_contract(tiny_bundle):

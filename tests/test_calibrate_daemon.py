@@ -16,9 +16,10 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
-from edge.control import send_request
-from edge.manifest import Calibration, read_manifest, sha256_file, write_manifest
-from edge.subscriber import FrameEvent, Subscriber
+from edge.client.control import send_request
+from edge.files import sha256_file
+from edge.manifest import Calibration, read_manifest, write_manifest
+from edge.client.subscriber import FrameEvent, Subscriber
 from edge.wire import Status
 from ssae import app
 

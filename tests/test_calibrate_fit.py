@@ -12,9 +12,9 @@ import pytest
 from calibrate import rules
 from calibrate.fit import CalibrationRefused, FitOptions, PixelChoice, decide, find_mask, fit_folders
 from calibrate.score import list_images, score_images
-from edge.backend import open_backend
+from edge.backends import open_backend
 from edge.bundle import load_bundle
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.preprocess import Roi
 
 RNG = np.random.default_rng(11)

@@ -15,7 +15,7 @@ import pytest
 
 from calibrate.store import store_calibration
 from edge.bundle import load_bundle
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.manifest import Calibration, read_manifest
 
 

@@ -17,11 +17,11 @@ import zmq
 from test_adapter_modbus import ALIVE, REJECT, STATUS, UNAVAILABLE, Daemon, PlcSim, free_port, wait_for
 from typer.testing import CliRunner
 
-from edge.adapter_config import load_adapter_config
-from edge.adapter_modbus import scale
-from edge.clitools import UserError
-from edge.plc_link import STATUS_BITS
-from edge.pulse import PulseSchedule
+from edge.adapter.config import load_adapter_config
+from edge.adapter.modbus import scale
+from edge.errors import UserError
+from edge.adapter.plc_link import STATUS_BITS
+from edge.adapter.pulse import PulseSchedule
 from ssae import app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.config import config_from_dict
-from edge.control import send_request
-from edge.daemon import Daemon
+from edge.daemon.config import config_from_dict
+from edge.client.control import send_request
+from edge.daemon.daemon import Daemon
 from edge.security import ClientSecurityConfig, client_secure, create_key_pair, load_key_pair, load_public_key, secure_client_socket
 from edge.wire import FrameHeader, Health, Status
 
@@ -87,13 +87,13 @@ def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path):
 
         ok = send_request(
             daemon.control.endpoints[0], Status(), timeout_s=5, ctx=ctx,
-            secure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(allowed.secret), server_public_key=str(server.public))),
+            configure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(allowed.secret), server_public_key=str(server.public))),
         )  # fmt: skip
         assert ok.ok and ok.model_id
         with pytest.raises(TimeoutError):
             send_request(
                 daemon.control.endpoints[0], Status(), timeout_s=1, ctx=ctx,
-                secure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(unknown.secret), server_public_key=str(server.public))),
+                configure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(unknown.secret), server_public_key=str(server.public))),
             )  # fmt: skip
         with pytest.raises(TimeoutError):
             send_request(daemon.control.endpoints[0], Status(), timeout_s=0.5, ctx=ctx)  # no CURVE at all
@@ -106,7 +106,7 @@ def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path):
             time.sleep(0.05)
         late = send_request(
             daemon.control.endpoints[0], Status(), timeout_s=5, ctx=ctx,
-            secure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(unknown.secret), server_public_key=str(server.public))),
+            configure=client_secure(ClientSecurityConfig(curve=True, client_secret_key=str(unknown.secret), server_public_key=str(server.public))),
         )  # fmt: skip
         assert late.ok
         for s in (intruder, plain, good):

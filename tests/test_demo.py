@@ -8,7 +8,7 @@ import tomllib
 import msgspec
 import pytest
 
-from edge.demo import TINY, DemoOptions, run_demo, to_toml
+from edge.tools.demo import TINY, DemoOptions, run_demo, to_toml
 
 
 def test_demo_with_a_given_bundle_accounts_for_every_part(tiny_bundle, tmp_path):
@@ -30,7 +30,7 @@ def test_demo_with_a_given_bundle_accounts_for_every_part(tiny_bundle, tmp_path)
 
 
 def test_to_toml_round_trips_a_daemon_config():
-    from edge.config import config_from_dict
+    from edge.daemon.config import config_from_dict
 
     raw = {"bundle": "b", "name": "demo", "cameras": [{"id": "parts", "source": "v.avi", "props": {"FPS": 30.0}, "crop": {"w": 8, "h": 8}}],
            "publish": {"endpoints": ["tcp://127.0.0.1:1"]}}
@@ -47,7 +47,7 @@ def test_default_options_need_no_training_config_surprises():
 
 def test_shipped_demo_bundle_loads_and_finds_planted_defects(tmp_path):
     from edge.bundle import load_bundle
-    from edge.demo import SHIPPED_BUNDLE
+    from edge.tools.demo import SHIPPED_BUNDLE
 
     bundle = load_bundle(SHIPPED_BUNDLE)  # hash and format checked: a stale shipped model fails here first
     assert (bundle.manifest.input.height_px, bundle.manifest.input.width_px) == (64, 64)

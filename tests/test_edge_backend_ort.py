@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.backend import open_backend
+from edge.backends import open_backend
 from edge.bundle import load_bundle
-from edge.inflight import InFlightError, infer_pipelined
+from edge.backends.inflight import InFlightError, infer_pipelined
 
 
 @pytest.fixture()

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import Capture, redact
-from edge.config import CameraConfig
+from edge.daemon.capture import Capture, redact
+from edge.daemon.config import CameraConfig
 
 FAST = dict(backoff_initial_s=0.05, backoff_max_s=0.2)
 

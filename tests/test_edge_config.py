@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.clitools import UserError
-from edge.config import DaemonConfig, load_config
+from edge.errors import UserError
+from edge.daemon.config import DaemonConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = """

@@ -22,11 +22,11 @@ import pytest
 import zmq
 from prometheus_client import generate_latest
 
-from edge.backend import open_backend
+from edge.backends import open_backend
 from edge.bundle import load_bundle
-from edge.config import config_from_dict
-from edge.control import send_request
-from edge.daemon import Daemon
+from edge.daemon.config import config_from_dict
+from edge.client.control import send_request
+from edge.daemon.daemon import Daemon
 from edge.manifest import Calibration, read_manifest, write_manifest
 from edge.wire import FrameHeader, Health, Reload
 
@@ -249,14 +249,14 @@ def test_reload_to_another_backend_publishes_what_is_in_flight_first(pt2_bundle,
     ],
 )
 def test_gpu_table_refusals_name_the_field_and_fix(extra, message):
-    from edge.clitools import UserError
+    from edge.errors import UserError
 
     with pytest.raises(UserError, match=f"^edge.toml: .*{re.escape(message)}"):
         config_from_dict({"bundle": "b", "cameras": [{"id": "a", "source": "0"}], **extra}, origin="edge.toml")
 
 
 def test_gpu_table_becomes_backend_options():
-    from edge.daemon import backend_options
+    from edge.daemon.daemon import backend_options
 
     def options(**raw):
         return backend_options(config_from_dict({"bundle": "b", "cameras": [{"id": "a", "source": "0"}], "threads": 2, **raw}))

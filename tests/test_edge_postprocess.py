@@ -11,11 +11,11 @@ import msgspec
 import numpy as np
 import pytest
 
-from edge.archive import Archive, Entry
-from edge.clitools import UserError
-from edge.config import ArchiveConfig
+from edge.daemon.archive import Archive, Entry
+from edge.errors import UserError
+from edge.daemon.config import ArchiveConfig
 from edge.manifest import Calibration
-from edge.postprocess import Thresholds, encode_mask, find_regions, judge, resolve_thresholds
+from edge.daemon.postprocess import Thresholds, encode_mask, find_regions, judge, resolve_thresholds
 from edge.sdnotify import Notifier
 from edge.wire import FrameHeader
 

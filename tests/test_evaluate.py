@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.bundle import load_bundle
-from edge.clitools import UserError
-from edge.manifest import read_manifest, sha256_file, write_manifest
+from edge.errors import UserError
+from edge.files import sha256_file
+from edge.manifest import read_manifest, write_manifest
 from edge.preprocess import fit_frame
 from ssae import app
 from train.evaluate import EvalResult, evaluate_bundle, resize_mask

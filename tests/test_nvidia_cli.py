@@ -48,8 +48,8 @@ def test_fp16_check_cli(tiny_bundle, tiny_dataset, tmp_path):
     import onnxruntime as ort
 
     from edge.bundle import load_bundle
-    from edge.fp16_check import collect_images, compare_fp16, load_frames
-    from edge.onnx_fp16 import convert_to_fp16
+    from edge.tools.fp16_check import collect_images, compare_fp16, load_frames
+    from edge.tools.onnx_fp16 import convert_to_fp16
 
     # A threshold between an image's FP32 and FP16 score must flip that verdict: exit 1.
     bundle = load_bundle(tiny_bundle)

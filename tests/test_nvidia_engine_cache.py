@@ -7,7 +7,7 @@ import hashlib
 import msgspec
 import pytest
 
-from edge.engine_cache import (
+from edge.backends.engine_cache import (
     DeviceInfo,
     EngineError,
     EngineRecord,

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 
 from edge.bundle import load_bundle
-from edge.clitools import UserError
-from edge.fp16_check import auroc, check_bundle, collect_images, compare_fp16, judge, load_frames
-from edge.onnx_fp16 import convert_to_fp16
-from edge.onnx_trt import cast_input_first
+from edge.errors import UserError
+from edge.tools.fp16_check import auroc, check_bundle, collect_images, compare_fp16, judge, load_frames
+from edge.tools.onnx_fp16 import convert_to_fp16
+from edge.backends.onnx_trt import cast_input_first
 
 
 def session(model: onnx.ModelProto):

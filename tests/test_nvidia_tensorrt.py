@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 
 from edge.bundle import load_bundle
-from edge.engine_cache import DeviceInfo, EngineError, read_record, timing_cache_path
+from edge.backends.engine_cache import DeviceInfo, EngineError, read_record, timing_cache_path
 
 # -- a fake of the TensorRT 10 / pycuda surface, backed by ONNX Runtime ------------------------------
 
@@ -314,7 +314,7 @@ def ort_reference(bundle, frames):
 
 def test_fake_trt_build_then_load_and_pipeline(fake_stack, bundle_copy, frames):
     calls, memory = fake_stack()
-    from edge.backend_tensorrt import TensorRTBackend, build_engine
+    from edge.backends.tensorrt import TensorRTBackend, build_engine
 
     path, record = build_engine(bundle_copy, fp16=True, max_batch=4, profiles=2)
     assert path.parent == bundle_copy.engines_dir and path.name.startswith("fake-gpu-80gb-sm90-trt10-3-0-fp16-32x32x3-b1-4-p2")
@@ -346,7 +346,7 @@ def test_fake_trt_build_then_load_and_pipeline(fake_stack, bundle_copy, frames):
 
 def test_fake_trt_builds_on_first_start(fake_stack, bundle_copy, frames):
     calls, _ = fake_stack()
-    from edge.backend import open_backend
+    from edge.backends import open_backend
 
     backend = open_backend(bundle_copy, "tensorrt", max_batch=2)
     try:
@@ -362,7 +362,7 @@ def test_fake_trt_builds_on_first_start(fake_stack, bundle_copy, frames):
 
 def test_fake_trt_refuses_foreign_engine(fake_stack, bundle_copy):
     fake_stack(gpu_name="Fake GPU 40GB", cc=(8, 0))
-    from edge.backend_tensorrt import TensorRTBackend, build_engine
+    from edge.backends.tensorrt import TensorRTBackend, build_engine
 
     foreign, _ = build_engine(bundle_copy, max_batch=4)
     fake_stack(gpu_name="Fake GPU 80GB", cc=(9, 0), version="10.4.0")  # another box, another TensorRT
@@ -374,7 +374,7 @@ def test_fake_trt_refuses_foreign_engine(fake_stack, bundle_copy):
 
 def test_fake_trt_refuses_too_few_profiles(fake_stack, bundle_copy):
     fake_stack()
-    from edge.backend_tensorrt import TensorRTBackend, build_engine
+    from edge.backends.tensorrt import TensorRTBackend, build_engine
 
     build_engine(bundle_copy, max_batch=4, profiles=1)
     with pytest.raises(EngineError, match="1 optimisation profile"):
@@ -401,7 +401,7 @@ def real_stack():
 @pytest.mark.parametrize("fp16", [False, True])
 def test_real_trt_matches_onnxruntime(bundle_copy, frames, fp16):
     real_stack()
-    from edge.backend_tensorrt import TensorRTBackend, build_engine
+    from edge.backends.tensorrt import TensorRTBackend, build_engine
 
     path, record = build_engine(bundle_copy, fp16=fp16, max_batch=4)
     backend = TensorRTBackend(bundle_copy, max_batch=4, fp16=fp16, build_missing=False)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.backend import open_backend
+from edge.backends import open_backend
 from edge.bundle import load_bundle
-from edge.clitools import UserError
-from edge.inflight import InFlightError, SlotRing, Ticket
+from edge.errors import UserError
+from edge.backends.inflight import InFlightError, SlotRing, Ticket
 from edge.manifest import BundleError
 
 torch = pytest.importorskip("torch")
@@ -56,7 +56,7 @@ def cpu_backend(bundle, **kw):
 def test_program_moves_whole_to_the_gpu(pt2_bundle):
     """Export on the CPU bakes device=cpu into the graph (an input check among others): the loader must
     rewrite every device argument, or the first GPU frame fails. Checked on the meta device, here too."""
-    from edge.backend_torch_cuda import PT2_NAME, load_program
+    from edge.backends.torch_cuda import PT2_NAME, load_program
 
     module = load_program(torch, pt2_bundle.path / PT2_NAME, torch.device("meta"))
     devices = {v for n in module.graph.nodes for v in n.kwargs.values() if isinstance(v, torch.device)}

@@ -10,7 +10,7 @@ import zmq
 import zmq.auth
 
 from edge import wire
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.security import (
     ClientSecurityConfig,
     SecurityConfig,

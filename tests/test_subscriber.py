@@ -10,7 +10,8 @@ import pytest
 import zmq
 from wirepub import WirePublisher
 
-from edge.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, Subscriber, curve_client, decode_mask
+from edge.security import create_key_pair, curve_client, load_key_pair
+from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, Subscriber, decode_mask
 from edge.wire import CameraHealth, MaskInfo
 
 
@@ -152,23 +153,24 @@ def test_receive_timeout_returns_none_promptly(pub):
         assert 0.09 <= time.monotonic() - started < 1.0
 
 
-def test_curve_hook_allows_the_right_server_key_only():
+def test_curve_hook_allows_the_right_server_key_only(tmp_path):
     if not zmq.has("curve"):
         pytest.skip("libzmq built without CURVE")
-    server_public, server_secret = zmq.curve_keypair()
-    client_public, client_secret = zmq.curve_keypair()
+    server_files = create_key_pair(tmp_path, "daemon")
+    client_files = create_key_pair(tmp_path, "client")
+    wrong_files = create_key_pair(tmp_path, "other")
+    server_keys = load_key_pair(server_files.secret)
 
     def server(sock):
         sock.curve_server = True
-        sock.curve_secretkey = server_secret
+        sock.curve_secretkey = server_keys.secret
 
     with WirePublisher(configure=server) as pub:
-        with Subscriber(pub.endpoint, health=False, configure=curve_client(server_public, client_public, client_secret)) as sub:
+        with Subscriber(pub.endpoint, health=False, configure=curve_client(client_files.secret, server_files.public)) as sub:
             pub.wait_for_subscribers(1)
             pub.frame("cam1", 0)
             assert isinstance(next_event(sub), FrameEvent)
-        wrong_public, _ = zmq.curve_keypair()
-        with Subscriber(pub.endpoint, health=False, configure=curve_client(wrong_public, client_public, client_secret)) as sub:
+        with Subscriber(pub.endpoint, health=False, configure=curve_client(client_files.secret, wrong_files.public)) as sub:
             for seq in range(1, 6):  # the handshake fails, so nothing ever arrives
                 pub.frame("cam1", seq)
                 assert sub.receive(timeout_s=0.1) is None

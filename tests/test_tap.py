@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from wirepub import WirePublisher
 
 from ssae import app
-from edge.tap import run_tap
+from edge.client.tap import run_tap
 from edge.wire import CameraHealth, MaskInfo
 
 
@@ -103,7 +103,7 @@ def test_run_tap_library_counts_and_stops_on_request():
 
 @pytest.mark.parametrize("with_mask", [True, False])
 def test_render_defect_without_or_with_mask(with_mask):
-    from edge.tap import render_defect
+    from edge.client.tap import render_defect
     from edge.wire import FrameHeader, Region
 
     header = FrameHeader(schema_version=1, camera="c", seq=3, capture_ns=0, publish_ns=0, score=1.0, threshold=0.5,

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from edge.clitools import UserError
+from edge.errors import UserError
 from train.config import TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edge.clitools import known_errors
+from edge.errors import known_errors
 
 app = typer.Typer(no_args_is_help=True)
 

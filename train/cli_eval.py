@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from edge.clitools import UserError, known_errors
+from edge.errors import UserError, known_errors
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         with known_errors():
             import msgspec
 
-            from edge.manifest import atomic_write_bytes
+            from edge.files import atomic_write_bytes
             from train.evaluate import evaluate_bundle
 
             if json_out is not None and not json_out.parent.is_dir():

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from edge.clitools import UserError
+from edge.errors import UserError
 from train.corrupt import CorruptionConfig
 from train.model import ModelConfig
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.clitools import UserError
+from edge.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 

@@ -1,7 +1,7 @@
 """Evaluate a bundle on a labelled test split: image AUROC, pixel AUROC, AUPRO, best F1.
 
 The images go through the same code the line uses (edge.preprocess.fit_frame, then the bundle's ONNX
-graph through edge.backend), so the numbers describe the exported artefact, not the torch module.
+graph through edge.backends), so the numbers describe the exported artefact, not the torch module.
 Masks are resized to the anomaly map with nearest-neighbour, keeping them binary. Metrics are given
 per defect type (that type's images against all good images) and overall (every image).
 """
@@ -16,9 +16,9 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
-from edge.backend import open_backend
+from edge.backends import open_backend
 from edge.bundle import Bundle, load_bundle
-from edge.clitools import UserError
+from edge.errors import UserError
 from edge.manifest import BundleError, read_manifest, write_manifest
 from edge.preprocess import FrameError, fit_frame
 from train.metrics import auroc, best_f1, pixel_metrics

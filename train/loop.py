@@ -20,8 +20,9 @@ import msgspec
 import numpy as np
 import torch
 
-from edge.clitools import UserError
-from edge.manifest import Calibration, Provenance, ScoreStats, atomic_write_bytes
+from edge.errors import UserError
+from edge.files import atomic_write_bytes
+from edge.manifest import Calibration, Provenance, ScoreStats
 from train.config import TrainConfig
 from train.batches import batch_stream, resolve_workers
 from train.data import channel_stats, load_images, split_holdout, train_folder

@@ -18,7 +18,7 @@ import cv2
 import msgspec
 import numpy as np
 
-from edge.clitools import UserError
+from edge.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"

@@ -1,0 +1,1 @@
+"""PLC adapters: subscribers that speak the line's protocol (Modbus TCP) and fail safe on lost heartbeats."""
