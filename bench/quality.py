@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and bench/ helpers
 from bench.benchmarks_md import write_section  # noqa: E402
 from edge.tools.bench import cpu_model  # noqa: E402
+
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from calibrate import rules
 from calibrate.fit import CalibrationRefused, FitOptions, FitResult, PixelChoice, decide, too_few_goods
-from edge.errors import UserError
 from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber
+from edge.errors import UserError
 
 
 class LiveScores(msgspec.Struct, frozen=True, kw_only=True):

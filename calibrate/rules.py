@@ -143,13 +143,13 @@ def best_f1_threshold(good: np.ndarray, defect: np.ndarray) -> tuple[Choice, flo
 
 
 def auroc(good: np.ndarray, defect: np.ndarray) -> float:
-    """P(defect score > good score), ties counted half (the Mann-Whitney statistic)."""
+    """P(defect score > good score), ties counted half; NaN when either side is empty (nothing to rank)."""
+    from train.metrics import auroc as auroc_of  # the one implementation (numpy only, ties as sklearn)
+
     good, defect = _scores(good), _scores(defect)
     if good.size == 0 or defect.size == 0:
         return float("nan")
-    ranks = stats.rankdata(np.concatenate([good, defect]))
-    u = ranks[good.size :].sum() - defect.size * (defect.size + 1) / 2
-    return float(u / (good.size * defect.size))
+    return auroc_of(np.concatenate([good, defect]), np.concatenate([np.zeros(good.size, bool), np.ones(defect.size, bool)]))
 
 
 def roc_curve(good: np.ndarray, defect: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from edge.backends import Backend
 from edge.errors import UserError
+from edge.files import IMAGE_SUFFIXES
+from edge.files import list_images as images_in
 from edge.manifest import InputSpec
 from edge.preprocess import FrameError, Roi, fit_frame
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 MapsHook = Callable[[np.ndarray], None]  # receives each batch's anomaly maps (B, H, W) float32
 
@@ -46,7 +46,7 @@ def list_images(folder: Path, *, role: str, by_type: bool = False) -> list[Path]
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{role} folder {folder} does not exist or is not a folder; pass a folder of images")
-    direct = _images_in(folder)
+    direct = images_in(folder)
     if direct:
         return direct
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -58,7 +58,7 @@ def list_images(folder: Path, *, role: str, by_type: bool = False) -> list[Path]
             f"{role} folder {folder} holds a good/ subfolder; pass only defect folders (e.g. {folder}/<defect type>), "
             "and the good samples with --good"
         )
-    found = [p for sub in subfolders for p in _images_in(sub)]
+    found = [p for sub in subfolders for p in images_in(sub)]
     if not found:
         raise UserError(f"{role} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) nor subfolders of them; point it at the samples")
     return found
@@ -151,10 +151,6 @@ def score_images(
         skipped=skipped,
         odd_sizes=odd,
     )
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _size(shape: tuple[int, ...]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 import msgspec
@@ -33,3 +34,13 @@ def known_errors():
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(code=130) from None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def setup_logging(log_level: str) -> None:
+    """Log to stderr at the named level (the `--log-level` option of every long-running command)."""
+    if log_level.lower() not in LOG_LEVELS:
+        raise UserError(f"--log-level {log_level!r} is unknown; use {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

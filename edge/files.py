@@ -38,3 +38,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+# Every still-image format OpenCV's imread decodes on every platform: the daemon, training, calibration and
+# the tools read the same folders, so they must agree on what an image is.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder`, in name order (the order frames, training and reports use)."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_config_file(path: str | Path, example: str) -> bytes:
+    """The bytes of a config file a person points a command at; `example` names the file to copy when it is missing."""
+    from edge.errors import UserError
+
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file; copy {example} and edit it") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder; pass the config file (a .toml)") from None

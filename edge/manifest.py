@@ -18,7 +18,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from edge.files import atomic_write_bytes, sha256_file
+from edge.files import atomic_write_bytes
+from edge.strict import Strict
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -26,10 +27,6 @@ MODEL_NAME = "model.onnx"
 INPUT_NAME = "frames"
 MAP_NAME = "anomaly_map"
 SCORE_NAME = "score"
-
-
-class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base for every manifest struct: immutable, keyword-only, unknown keys refused."""
 
 
 class InputSpec(Strict, kw_only=True):

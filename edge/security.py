@@ -32,6 +32,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from edge.errors import UserError
+from edge.strict import Strict
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$')
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SecurityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class SecurityConfig(Strict):
     """`[security]` of the daemon's config: CURVE on the PUB socket and the control endpoint."""
 
     curve: bool = False  # off: plain TCP, for a closed cell network; on: encrypted, allow-listed clients
@@ -56,7 +57,7 @@ class SecurityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             )
 
 
-class ClientSecurityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ClientSecurityConfig(Strict):
     """CURVE settings of a subscriber or control client (the adapter's `[daemon.security]`)."""
 
     curve: bool = False  # must match the daemon's security.curve

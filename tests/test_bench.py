@@ -8,19 +8,8 @@ import msgspec
 import pytest
 from wirepub import WirePublisher
 
-from edge.tools.bench import (
-    BenchResult,
-    Round,
-    RawResult,
-    RunResult,
-    SinkRecord,
-    format_markdown,
-    make_frames,
-    measure_raw,
-    run_sink,
-    write_section,
-    write_video,
-)
+from edge.tools.bench import BenchResult, RawResult, Round, RunResult, SinkRecord, make_frames, measure_raw, run_sink, write_video
+from edge.tools.bench_report import format_markdown, write_section
 
 
 def test_measure_raw_on_tiny_bundle(tiny_bundle):

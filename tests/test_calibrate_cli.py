@@ -93,7 +93,7 @@ def test_results_are_reproducible(bundle, tiny_dataset):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--good", "{data}/part/test"], "holds no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp) directly; did you mean"),
+        (["--good", "{data}/part/test"], "holds no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .pgm, .ppm, .pnm) directly; did you mean"),
         (["--good", "{data}/part/train/good", "--defect", "{data}/part/test"], "holds a good/ subfolder"),
         (["--good", "{data}/nowhere"], "does not exist"),
         (["--good", "{data}/part/train/good", "--crop", "1,2,3"], "is not X,Y,W,H"),

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.client.control import send_request
+from edge.client.subscriber import FrameEvent, Subscriber
 from edge.files import sha256_file
 from edge.manifest import Calibration, read_manifest, write_manifest
-from edge.client.subscriber import FrameEvent, Subscriber
 from edge.wire import Status
 from ssae import app
 

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from edge.adapter.config import load_adapter_config
 from edge.adapter.modbus import scale
-from edge.errors import UserError
 from edge.adapter.plc_link import STATUS_BITS
 from edge.adapter.pulse import PulseSchedule
+from edge.errors import UserError
 from ssae import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,3 +164,11 @@ def test_sigterm_leaves_plc_fail_safe(tmp_path):
         ctx.destroy(linger=0)
         notify_sock.close()
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize("command", [["adapter", "modbus", "configs/adapter/modbus.toml"], ["edge", "run", "--bundle", "b", "--source", "0"]])
+def test_unknown_log_level_is_one_line_for_every_long_running_command(command):
+    result = CliRunner().invoke(app, [*command, "--log-level", "verbose"])
+    assert result.exit_code == 2, result.output
+    assert "--log-level 'verbose' is unknown; use debug, info, warning or error" in result.output
+    assert "Traceback" not in result.output

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.daemon.config import config_from_dict
 from edge.client.control import send_request
+from edge.daemon.config import config_from_dict
 from edge.daemon.daemon import Daemon
 from edge.security import ClientSecurityConfig, client_secure, create_key_pair, load_key_pair, load_public_key, secure_client_socket
 from edge.wire import FrameHeader, Health, Status

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edge.backends import open_backend
-from edge.bundle import load_bundle
 from edge.backends.inflight import InFlightError, infer_pipelined
+from edge.bundle import load_bundle
 
 
 @pytest.fixture()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import UserError
 from edge.daemon.config import DaemonConfig, load_config
+from edge.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = """

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.daemon.config import config_from_dict
 from edge.client.control import send_request
+from edge.daemon.config import config_from_dict
 from edge.daemon.daemon import Daemon
 from edge.manifest import Calibration, read_manifest, write_manifest
 from edge.wire import ApplyThresholds, FrameHeader, Health, Reload, Reply, Status

@@ -24,8 +24,8 @@ from prometheus_client import generate_latest
 
 from edge.backends import open_backend
 from edge.bundle import load_bundle
-from edge.daemon.config import config_from_dict
 from edge.client.control import send_request
+from edge.daemon.config import config_from_dict
 from edge.daemon.daemon import Daemon
 from edge.manifest import Calibration, read_manifest, write_manifest
 from edge.wire import FrameHeader, Health, Reload

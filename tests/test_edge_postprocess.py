@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from edge.daemon.archive import Archive, Entry
-from edge.errors import UserError
 from edge.daemon.config import ArchiveConfig
-from edge.manifest import Calibration
 from edge.daemon.postprocess import Thresholds, encode_mask, find_regions, judge, resolve_thresholds
+from edge.errors import UserError
+from edge.manifest import Calibration
 from edge.sdnotify import Notifier
 from edge.wire import FrameHeader
 

@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from edge.backends.onnx_trt import cast_input_first
 from edge.bundle import load_bundle
 from edge.errors import UserError
-from edge.tools.fp16_check import auroc, check_bundle, collect_images, compare_fp16, judge, load_frames
+from edge.tools.fp16_check import check_bundle, collect_images, compare_fp16, judge, load_frames
 from edge.tools.onnx_fp16 import convert_to_fp16
-from edge.backends.onnx_trt import cast_input_first
 
 
 def session(model: onnx.ModelProto):
@@ -68,16 +68,6 @@ def test_cast_before_transpose_is_identical(tiny_bundle, frames):
     for a, b in zip(session(model).run(None, {"frames": frames}), session(swapped).run(None, {"frames": frames})):
         np.testing.assert_array_equal(a, b)
     assert cast_input_first(swapped, "frames")[1] is False  # idempotent
-
-
-def test_auroc_matches_sklearn_with_ties():
-    sklearn = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(0)
-    scores = np.round(rng.normal(size=200), 1)  # many ties
-    labels = rng.integers(0, 2, 200)
-    assert auroc(scores, labels) == pytest.approx(sklearn.roc_auc_score(labels, scores), abs=1e-12)
-    with pytest.raises(ValueError, match="both"):
-        auroc(scores, np.zeros(200))
 
 
 def test_judge_counts_flips_and_auroc_moves():

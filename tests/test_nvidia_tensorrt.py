@@ -22,8 +22,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge.bundle import load_bundle
 from edge.backends.engine_cache import DeviceInfo, EngineError, read_record, timing_cache_path
+from edge.bundle import load_bundle
 
 # -- a fake of the TensorRT 10 / pycuda surface, backed by ONNX Runtime ------------------------------
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge.backends import open_backend
+from edge.backends.inflight import InFlightError, SlotRing, Ticket
 from edge.bundle import load_bundle
 from edge.errors import UserError
-from edge.backends.inflight import InFlightError, SlotRing, Ticket
 from edge.manifest import BundleError
 
 torch = pytest.importorskip("torch")

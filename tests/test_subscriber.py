@@ -10,8 +10,8 @@ import pytest
 import zmq
 from wirepub import WirePublisher
 
-from edge.security import create_key_pair, curve_client, load_key_pair
 from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, Subscriber, decode_mask
+from edge.security import create_key_pair, curve_client, load_key_pair
 from edge.wire import CameraHealth, MaskInfo
 
 

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 from wirepub import WirePublisher
 
-from ssae import app
 from edge.client.tap import run_tap
 from edge.wire import CameraHealth, MaskInfo
+from ssae import app
 
 
 def publish_in_background(pub, script, subscriptions=2):
@@ -108,8 +108,16 @@ def test_render_defect_without_or_with_mask(with_mask):
 
     header = FrameHeader(schema_version=1, camera="c", seq=3, capture_ns=0, publish_ns=0, score=1.0, threshold=0.5,
                          verdict="defect", model_id="m", regions=[Region(x=2, y=3, w=4, h=5, area_px=12, peak_score=1.0)])
-    img = render_defect(header, defect_mask() if with_mask else None)
+    mask = defect_mask() if with_mask else None
+    img = render_defect(header, mask)
     assert img.ndim == 3 and max(img.shape[:2]) >= 256
+    k = img.shape[0] // 16  # the 16x16 grid, scaled by a whole factor
+    red = (img[..., 2] == 255) & (img[..., 0] == 0) & (img[..., 1] == 0)
+    if with_mask:  # the mask is drawn red at its place (region boxes and labels may cross it), nothing else is red
+        inside = red[4 * k : 8 * k, 5 * k : 10 * k]
+        assert inside.mean() > 0.8 and red.sum() == inside.sum()
+    else:
+        assert not red.any()
 
 
 def test_tap_over_curve_with_key_files(tmp_path):

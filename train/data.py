@@ -12,12 +12,7 @@ import cv2
 import numpy as np
 
 from edge.errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+from edge.files import IMAGE_SUFFIXES, list_images
 
 
 def train_folder(data: Path, category: str | None) -> Path:

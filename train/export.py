@@ -30,9 +30,9 @@ from edge.manifest import (
     InputSpec,
     Manifest,
     Provenance,
-    sha256_file,
     write_manifest,
 )
+from edge.files import sha256_file
 
 OPSET = 17
 

@@ -23,8 +23,8 @@ import torch
 from edge.errors import UserError
 from edge.files import atomic_write_bytes
 from edge.manifest import Calibration, Provenance, ScoreStats
-from train.config import TrainConfig
 from train.batches import batch_stream, resolve_workers
+from train.config import TrainConfig
 from train.data import channel_stats, load_images, split_holdout, train_folder
 from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
 from train.model import FilterAE, ModelConfig, count_params

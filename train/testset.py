@@ -19,8 +19,8 @@ import msgspec
 import numpy as np
 
 from edge.errors import UserError
+from edge.files import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
 MASKS = "ground_truth"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edge.errors import known_errors
+from edge.errors import known_errors, setup_logging
 
 
 def register(adapter_app: typer.Typer) -> None:
@@ -26,11 +26,11 @@ def modbus(
     from edge.adapter.modbus import run_modbus_adapter
     from edge.sdnotify import Notifier
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if log_level.lower() != "debug":
-        # pymodbus logs every refused connect as an ERROR; the adapter's own line says it once with the retry time.
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     with known_errors():
+        setup_logging(log_level)
+        if log_level.lower() != "debug":
+            # pymodbus logs every refused connect as an ERROR; the adapter's own line says it once with the retry time.
+            logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
         cfg = load_adapter_config(config)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,15 +15,13 @@ import msgspec
 from msgspec import Meta
 
 from edge.errors import UserError
+from edge.files import read_config_file
 from edge.security import ClientSecurityConfig
+from edge.strict import Strict
 
 Address = Annotated[int, Meta(ge=0, le=65535)]
 Millis = Annotated[float, Meta(ge=0, le=600_000)]
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|ws|wss)://\S+$")
-
-
-class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every adapter config struct: immutable, keyword-only, unknown keys refused."""
 
 
 class StreamConfig(Strict, kw_only=True):
@@ -104,7 +102,7 @@ class OutputsConfig(Strict, kw_only=True):
     defect_total_register: Address | None = None  # defects since adapter start, modulo 65536 (PLC takes differences)
     defect_window_register: Address | None = None  # defects among the last defect_window_frames judged frames
     defect_window_frames: Annotated[int, Meta(ge=1, le=100_000)] = 100
-    status_register: Address | None = None  # bit field of reasons for "unavailable" (see adapter_modbus.STATUS_BITS)
+    status_register: Address | None = None  # bit field of reasons for "unavailable" (see edge.adapter.modbus.STATUS_BITS)
 
 
 class AdapterConfig(Strict, kw_only=True):
@@ -140,12 +138,7 @@ def _unique(addresses: dict[str, int], kind: str) -> None:
 def load_adapter_config(path: str | Path) -> AdapterConfig:
     """Read and validate the adapter's TOML; failures are UserErrors naming file, field and fix."""
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file; copy configs/adapter/modbus.toml and edit it") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder; pass the adapter's .toml file") from None
+    text = read_config_file(path, "configs/adapter/modbus.toml")
     try:
         return msgspec.toml.decode(text, type=AdapterConfig)
     except msgspec.ValidationError as e:  # a subclass of DecodeError: catch it first

@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable
 
 from edge.adapter.config import AdapterConfig
-from edge.errors import UserError
 from edge.adapter.plc_link import STATUS_BITS, EncoderPulse, Outputs, PlcLink, TimedPulse
-from edge.security import client_secure
 from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, Subscriber
+from edge.errors import UserError
+from edge.security import client_secure
 from edge.wire import FrameHeader, Health
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge.adapter_modbus")  # the name log lines carried before edge/adapter/ existed
 
 NOT_JUDGED = 65535  # score register value for a frame without a score
 RECEIVE_TIMEOUT_S = 0.05  # bounds how late a hold expiry or a stop request is noticed

@@ -28,7 +28,7 @@ from pymodbus.exceptions import ModbusException
 from edge.adapter.config import EncoderConfig, OutputsConfig, PlcConfig, RejectConfig
 from edge.adapter.pulse import PulseSchedule
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge.plc_link")  # the name log lines carried before edge/adapter/ existed
 
 # Bits of outputs.status_register: why inspection is unavailable (0 = available). Part of the PLC contract.
 STATUS_BITS = {

@@ -21,6 +21,7 @@ from msgspec import Meta
 
 from edge.files import atomic_write_bytes, sha256_file
 from edge.manifest import BundleError, InputSpec
+from edge.strict import Strict
 
 RECORD_VERSION = 1
 Precision = Literal["fp16", "fp32"]
@@ -29,10 +30,6 @@ REBUILD = "rebuild it on this device with `ssae edge build-engine {bundle}`"
 
 class EngineError(BundleError):
     """An engine plan cannot be used here; the message says why and how to rebuild."""
-
-
-class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
 
 
 class DeviceInfo(Strict, kw_only=True):

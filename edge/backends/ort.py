@@ -13,8 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from edge.bundle import Bundle
 from edge.backends.inflight import SlotRing, Ticket, check_frames
+from edge.bundle import Bundle
 from edge.manifest import BundleError
 
 

@@ -25,22 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import Bundle
-from edge.backends.engine_cache import (
-    DeviceInfo,
-    EngineError,
-    EngineRecord,
-    Precision,
-    check_engine,
-    engine_key,
-    find_engine,
-    timing_cache_path,
-    write_engine,
-)
+from edge.backends.engine_cache import DeviceInfo, EngineError, EngineRecord, Precision, check_engine, engine_key, find_engine, timing_cache_path, write_engine
 from edge.backends.inflight import SlotRing, StageTimes, Ticket, check_frames, infer_pipelined
+from edge.bundle import Bundle
 from edge.files import atomic_write_bytes
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge.backend_tensorrt")  # the name log lines carried before edge/backends/ existed
 
 
 @contextlib.contextmanager

@@ -21,8 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from edge.bundle import Bundle
 from edge.backends.inflight import SlotRing, StageTimes, Ticket, check_frames, infer_pipelined
+from edge.bundle import Bundle
 from edge.manifest import BundleError
 
 PT2_NAME = "model.pt2"

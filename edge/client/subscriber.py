@@ -25,7 +25,7 @@ touching ZeroMQ themselves, so that loss detection is written once:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import numpy as np

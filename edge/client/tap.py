@@ -17,8 +17,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber, Tally, decode_mask
 from edge.files import atomic_write_bytes
-from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, Subscriber, SocketHook, Tally, decode_mask
 from edge.wire import FrameHeader, Health
 
 Emit = Callable[[str], None]

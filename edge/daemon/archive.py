@@ -24,8 +24,8 @@ import cv2
 import msgspec
 import numpy as np
 
-from edge.errors import UserError
 from edge.daemon.config import ArchiveConfig
+from edge.errors import UserError
 from edge.files import atomic_write_bytes
 from edge.wire import FrameHeader
 

@@ -28,13 +28,13 @@ from typing import Callable, Literal
 import cv2
 import numpy as np
 
-from edge.errors import UserError
 from edge.daemon.config import CameraConfig
+from edge.errors import UserError
+from edge.files import IMAGE_SUFFIXES, list_images
 from edge.wire import CameraHealth, CameraState
 
 log = logging.getLogger("edge.capture")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
 APIS = {"auto": cv2.CAP_ANY, "ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER, "v4l2": cv2.CAP_V4L2}
 POLL_S = 0.1  # how often blocked waits look at the stop flags
 
@@ -119,7 +119,7 @@ class FolderSource:
     """The images of a folder in name order; unreadable files are reported through on_skip and passed over."""
 
     def __init__(self, folder: Path, on_skip: Callable[[Path, str], None]):
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = list_images(folder)
         if not self.files:
             raise SourceError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         self.on_skip = on_skip

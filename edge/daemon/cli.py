@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edge.errors import UserError, known_errors
+from edge.errors import UserError, known_errors, setup_logging
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5555"
 
@@ -38,10 +36,7 @@ def run(
     SIGHUP reloads the bundle and thresholds without dropping the stream.
     """
     with known_errors():
-        level = getattr(logging, log_level.upper(), None)
-        if not isinstance(level, int):
-            raise UserError(f"--log-level {log_level!r} is unknown; use debug, info, warning or error")
-        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging(log_level)
         from edge.daemon.daemon import serve
 
         if config is not None:

@@ -23,15 +23,13 @@ import msgspec
 from msgspec import Meta
 
 from edge.errors import UserError
+from edge.files import read_config_file
 from edge.security import SecurityConfig
+from edge.strict import Strict
 
 CameraId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]+$", max_length=64)]
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|ws|wss)://\S+$")
-
-
-class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every config struct: immutable, keyword-only, unknown keys refused."""
 
 
 class CropConfig(Strict, kw_only=True):
@@ -201,12 +199,7 @@ def _local(endpoint: str) -> bool:
 def load_config(path: str | Path) -> DaemonConfig:
     """Read and validate a TOML config; every failure is a UserError naming file, field, value and fix."""
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file; copy configs/edge/line.example.toml and edit it") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder; pass the config file (a .toml)") from None
+    text = read_config_file(path, "configs/edge/line.example.toml")
     try:
         raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as e:

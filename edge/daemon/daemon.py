@@ -26,21 +26,21 @@ import msgspec
 import numpy as np
 import zmq
 
-from edge.daemon.archive import Archive
 from edge.backends import Backend, open_backend
 from edge.bundle import load_bundle
+from edge.daemon.archive import Archive
 from edge.daemon.capture import Capture
-from edge.errors import UserError
 from edge.daemon.config import DaemonConfig, load_config
 from edge.daemon.control import ControlServer
-from edge.manifest import BundleError
 from edge.daemon.metrics import Metrics
 from edge.daemon.postprocess import Thresholds, resolve_thresholds
 from edge.daemon.publisher import Publisher
+from edge.daemon.worker import InferenceWorker, Model
+from edge.errors import UserError
+from edge.manifest import BundleError
 from edge.sdnotify import Notifier
 from edge.security import start_server_security
 from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, Health, Reload, Reply, Request, Status
-from edge.daemon.worker import InferenceWorker, Model
 
 log = logging.getLogger("edge.daemon")
 NAN = float("nan")

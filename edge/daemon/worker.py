@@ -26,16 +26,16 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from edge.daemon.archive import Archive, Entry
 from edge.backends import Backend
+from edge.backends.inflight import Pipeline, Result
 from edge.bundle import Bundle
+from edge.daemon.archive import Archive, Entry
 from edge.daemon.capture import Capture, Frame
 from edge.daemon.config import DaemonConfig
 from edge.daemon.metrics import Metrics
-from edge.backends.inflight import Pipeline, Result
 from edge.daemon.postprocess import Thresholds, encode_mask, judge
-from edge.preprocess import FrameError, Roi, fit_frame
 from edge.daemon.publisher import Outgoing, Publisher
+from edge.preprocess import FrameError, Roi, fit_frame
 from edge.wire import SCHEMA_VERSION, FrameHeader, MaskInfo
 
 log = logging.getLogger("edge.worker")

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from edge.tools.bench_defaults import DEFAULTS
 from edge.errors import fail, known_errors
+from edge.tools.bench_defaults import DEFAULTS
 
 
 def _err(line: str) -> None:
@@ -38,7 +38,8 @@ def bench(
     """
     import msgspec
 
-    from edge.tools.bench import format_markdown, run_bench, write_section
+    from edge.tools.bench import run_bench
+    from edge.tools.bench_report import format_markdown, write_section
 
     with known_errors():
         command = "ssae edge bench" + "".join(f" {a}" for a in sys.argv[3:]) if sys.argv[1:3] == ["edge", "bench"] else "ssae edge bench"
@@ -103,8 +104,8 @@ def fp16_check(
         import msgspec
 
         from edge.bundle import load_bundle
-        from edge.tools.fp16_check import check_bundle, format_result
         from edge.files import atomic_write_bytes
+        from edge.tools.fp16_check import check_bundle, format_result
 
         ops = tuple(op.strip() for op in keep_fp32.split(",") if op.strip()) if keep_fp32 else ()
         result = check_bundle(load_bundle(bundle), data, threshold=threshold, keep_fp32_ops=ops, threads=threads)

@@ -24,9 +24,9 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.errors import UserError
+from edge.files import IMAGE_SUFFIXES, list_images
 from edge.preprocess import FrameError, fit_frame
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from train.metrics import auroc  # numpy only; tools may import train/
 
 
 class ImageSet(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,22 +54,6 @@ class Fp16Result(msgspec.Struct, frozen=True, kw_only=True):
     verdict: str = ""
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUROC with average ranks for ties (numpy only: edge boxes have no scipy)."""
-    scores = np.asarray(scores, np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUROC needs both good and defective images")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = scores[order]
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def collect_images(inputs: list[Path]) -> ImageSet:
     """Images from files, plain folders, or labelled test splits (MVTec layout or good/ + defect folders)."""
     from train.testset import GOOD, find_testset  # numpy/OpenCV only, no torch
@@ -87,7 +71,7 @@ def collect_images(inputs: list[Path]) -> ImageSet:
             paths += [s.path for s in split.samples]
             labels += [0 if s.defect == GOOD else 1 for s in split.samples]
         else:
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = list_images(item)
             if not found:
                 raise UserError(f"{item} holds no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of images or a test split")
             paths += found
