@@ -22,8 +22,8 @@ from train.loop import CKPT_NAME, fit, work_dir_for
 from train.synthetic import add_defect, make_part, rng_for
 
 SIZE = 32
-TINY = dict(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4, threads=1, device="cpu",
-            model={"widths": (8, 16, 16), "bottleneck_blocks": 1, "dilations": (1, 2), "skip_levels": 2})
+TINY = {"steps": 8, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 4, "threads": 1, "device": "cpu",
+        "model": {"widths": (8, 16, 16), "bottleneck_blocks": 1, "dilations": (1, 2), "skip_levels": 2}}
 
 
 def _gray_part(key: object) -> np.ndarray:
