@@ -66,6 +66,18 @@ def load_images(folder: Path, image_size: int | None = None) -> tuple[np.ndarray
     return np.stack(images), paths
 
 
+def training_view(images: np.ndarray) -> np.ndarray:
+    """What the network trains on: a single-channel set as its copy in three equal channels.
+
+    The recipe is tuned on 3-channel images, and on one channel it is not the same recipe: a gray fill
+    is the mean of three drawn colours there but one draw here (a wider spread of levels, so corruptions
+    ~20 % stronger on average), the Gaussian noise is three draws per pixel there but one here, and the
+    random streams part after the first fill. Training the copy makes a gray set train exactly as its
+    3-channel copy does; the exported graph copies the frame's one channel into three (train/export.py).
+    """
+    return np.repeat(images, 3, axis=3) if images.shape[3] == 1 else images
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units; baked into the exported graph's normalisation."""
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0

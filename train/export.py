@@ -45,13 +45,20 @@ def gaussian_kernel(sigma_px: float) -> torch.Tensor:
 
 
 class InferenceGraph(nn.Module):
-    """frames uint8 (N, H, W, C) -> anomaly_map float32 (N, H, W), score float32 (N,)."""
+    """frames uint8 (N, H, W, C) -> anomaly_map float32 (N, H, W), score float32 (N,).
+
+    C is input_channels (default: the net's, len(mean)); input_channels = 1 with a 3-channel net copies a
+    gray frame into three equal channels, as the net was trained (train/data.py: training_view).
+    """
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float], smooth_sigma_px: float,
-                 row_gain: list[float] | None = None, col_gain: list[float] | None = None):
+                 row_gain: list[float] | None = None, col_gain: list[float] | None = None, input_channels: int | None = None):
         super().__init__()
         self.net = net
         c = len(mean)
+        self.input_channels = input_channels or c
+        if self.input_channels not in (1, c):
+            raise ValueError(f"input_channels {self.input_channels} for a {c}-channel net; pass {c} or 1")
         # Border correction: the reconstruction error of normal images is higher in the outermost rows and
         # columns (less context there), which would put every good image's maximum on its border. The
         # expected error per row and per column, measured on good images after training (>= 1, 1 inside),
@@ -68,6 +75,8 @@ class InferenceGraph(nn.Module):
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         x01 = frames.permute(0, 3, 1, 2).float() / 255.0  # (N, C, H, W) in [0, 1]
+        if self.input_channels != self.mean.shape[1]:
+            x01 = torch.cat([x01] * self.mean.shape[1], dim=1)  # gray frame -> the net's equal channels (a plain Concat in ONNX)
         return x01, (x01 - self.mean) / self.std
 
     def error_map(self, x01: torch.Tensor, recon_norm: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from edge.files import atomic_write_bytes
 from edge.manifest import Calibration, Provenance, ScoreStats
 from train.batches import batch_stream, resolve_workers
 from train.config import TrainConfig
-from train.data import channel_stats, load_images, split_holdout, train_folder
+from train.data import channel_stats, load_images, split_holdout, train_folder, training_view
 from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
 from train.model import FilterAE, ModelConfig, count_params
 
@@ -143,12 +143,13 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     """Train on the good images under data, export the bundle to out, return out."""
     out = Path(out)
     folder = train_folder(data, category)
-    images, _ = load_images(folder, cfg.image_size)  # (N, H, W, C) uint8
+    images, _ = load_images(folder, cfg.image_size)  # (N, H, W, C) uint8: C is what the bundle takes
     n, height, width, channels = images.shape
     if n < 2:
         raise UserError(f"{folder} holds {n} image; training needs at least 2 good images (ideally 100+)")
-    if cfg.model.in_channels != channels:
-        cfg = msgspec.structs.replace(cfg, model=msgspec.structs.replace(cfg.model, in_channels=channels))
+    train_images = training_view(images)  # a gray set trains exactly as its 3-channel copy
+    if cfg.model.in_channels != train_images.shape[3]:
+        cfg = msgspec.structs.replace(cfg, model=msgspec.structs.replace(cfg.model, in_channels=train_images.shape[3]))
     if height % 16 or width % 16:
         raise UserError(f"images are {width}x{height}; the network needs sides divisible by 16: pass --image-size (e.g. {max(16, round(height / 16) * 16)})")
     work = work_dir_for(out)
@@ -162,7 +163,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_idx, hold_idx = split_holdout(n, cfg.holdout, np.random.default_rng(cfg.seed))
-    mean, std = channel_stats(images[train_idx])
+    mean, std = channel_stats(train_images[train_idx])
     mean_d, std_d = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
@@ -180,7 +181,7 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     per_rank = max(1, cfg.batch_size // world)
     workers = resolve_workers(cfg.workers, device.type == "cuda", world)
-    batches = batch_stream(images, train_idx, cfg, rank=rank, per_rank=per_rank, start=step, workers=workers, pin=device.type == "cuda")
+    batches = batch_stream(train_images, train_idx, cfg, rank=rank, per_rank=per_rank, start=step, workers=workers, pin=device.type == "cuda")
 
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,8 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
                                         "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
                                         **({"ema": ema.state_dict()} if ema is not None else {}),
-                                        "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width})
+                                        "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width,
+                                        "input_channels": channels})
 
     bar = None
     if progress and rank == 0:
@@ -246,10 +248,10 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if rank == 0:
         net = ema if ema is not None else net  # what the bundle ships
         net.eval().cpu().to(memory_format=torch.contiguous_format)
-        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width))
+        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), input_channels=channels)
         sample = images[np.random.default_rng(cfg.seed).permutation(n)[:128]]
         row_gain, col_gain = border_gains(raw_error(graph, sample))
-        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), row_gain, col_gain)
+        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), row_gain, col_gain, input_channels=channels)
         final = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         save_checkpoint(ckpt_path, {**final, "row_gain": row_gain, "col_gain": col_gain})  # the file rebuilds the exported graph
         provenance = Provenance(
@@ -273,4 +275,5 @@ def graph_from_checkpoint(path: Path) -> InferenceGraph:
     net = FilterAE(msgspec.convert(state["config"]["model"], type=ModelConfig))
     net.load_state_dict(state.get("ema", state["model"]))  # the exported weights: the average when there is one
     width = state.get("width") or 0
-    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width), state.get("row_gain"), state.get("col_gain"))
+    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width), state.get("row_gain"), state.get("col_gain"),
+                          input_channels=state.get("input_channels"))  # absent in older checkpoints: the net's channels
