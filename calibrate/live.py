@@ -172,18 +172,18 @@ def defect_share_check(live: LiveScores, manifest: Manifest, options: FitOptions
     if limit > options.target_false_reject:
         why = f"what the calibration in force can back at {c:.0%} confidence"
     else:
-        why = "the target false-reject rate" + ("" if len(known) == len(claims) else "; the threshold in force is not one of the bundle's calibrations (pinned in the daemon config?)")
+        why = "the target false-reject rate" + ("" if len(known) == len(claims) else ", as the threshold in force is none of the bundle's calibrations: pinned in the daemon config?")
     lower = rules.clopper_pearson_lower(d, n, c)
     in_force = ", ".join(f"{t:.4g}" for t in live.thresholds)
     if lower > limit:
         return (
             f"{d} of {n} frames ({d / n:.1%}) were judged defect under the threshold in force ({in_force}), more than known-good production "
-            f"gives: at most {limit:.3g} ({why}), and the share's {c:.0%} lower bound {lower:.3g} (Clopper-Pearson) is above that limit; "
+            f"gives: at most {_pct(limit)} ({why}), and the share's {c:.0%} lower bound {_pct(lower)} (Clopper-Pearson) is above that limit; "
             "the stream holds defects, which the new threshold would let pass: gather again while only good parts run, "
             "checking the parts judged defect (`ssae edge tap` shows them); if they are good, the threshold in force is out of date"
         ), None
     if d:
-        return None, f"{d} of {n} frames ({d / n:.1%}) were judged defect under the threshold in force ({in_force}), within what good production gives (limit {limit:.3g}, {why}); check those parts"
+        return None, f"{d} of {n} frames ({d / n:.1%}) were judged defect under the threshold in force ({in_force}), within what good production gives (limit {_pct(limit)}, {why}); check those parts"
     return None, None
 
 
@@ -228,3 +228,7 @@ def _check_model(stream_model: str, bundle_model: str, endpoint: str) -> None:
             f"the stream at {endpoint} comes from model {stream_model[:12]}…, the bundle is model {bundle_model[:12]}…; "
             "scores of one model say nothing about another: calibrate the bundle the daemon runs"
         )
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.3g}%"
