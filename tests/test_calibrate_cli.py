@@ -178,7 +178,7 @@ def test_missing_bundle_corrupt_manifest_and_empty_good_folder_are_one_line(bund
     shutil.copytree(bundle, tmp_path / "corrupt")
     (tmp_path / "corrupt" / "manifest.json").write_text('{"format_version": 1, "model_id": ')
     (tmp_path / "empty").mkdir()
-    fill = dict(tmp=tmp_path, data=tiny_dataset, bundle=bundle)
+    fill = {"tmp": tmp_path, "data": tiny_dataset, "bundle": bundle}
     result = _run(*(a.format(**fill) for a in args), "--quiet") if args[0] in ("fit", "live") else _run(*(a.format(**fill) for a in args))
     assert result.exit_code == 2
     assert message.format(**fill) in _error_line(result)
@@ -197,7 +197,7 @@ def test_fit_without_scipy_or_matplotlib_says_what_to_install(bundle, tiny_datas
             f"sys.argv = ['ssae', 'calibrate', 'fit', {str(bundle)!r}, '--good', {str(tiny_dataset / 'part' / 'train' / 'good')!r}]\n"
             "from ssae import main\nmain()\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: this command ") and missing in last and "[calibrate]" in last and "Traceback" not in proc.stderr
