@@ -54,7 +54,6 @@ class FitResult(msgspec.Struct, frozen=True, kw_only=True):
     calibration: Calibration
     good: np.ndarray  # good image scores
     defect: np.ndarray | None  # labelled defect scores
-    defect_types: list[str] = []  # the defect type of each defect score (its folder name), when known
     image_detail: str  # how the image threshold was reached
     pixel_detail: str
     warnings: list[str] = []  # refusals overridden by force, skipped or odd images
@@ -135,8 +134,7 @@ def decide(
         pixel_method=pixel.method,
         escape_by_type=by_type,
     )
-    return FitResult(calibration=calibration, good=good, defect=defect, defect_types=list(defect_types), image_detail=choice.detail,
-                     pixel_detail=pixel_detail, warnings=all_warnings)
+    return FitResult(calibration=calibration, good=good, defect=defect, image_detail=choice.detail, pixel_detail=pixel_detail, warnings=all_warnings)
 
 
 def _image_choice(good: np.ndarray, defect: np.ndarray | None, options: FitOptions, problems: list[str]) -> tuple[rules.Choice | None, str]:
