@@ -5,6 +5,7 @@ The rules are documented in calibrate/rules.py and the README's "Calibration" se
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,7 @@ TargetOpt = Annotated[
 ConfidenceOpt = Annotated[
     float, typer.Option("--confidence", min=0.5, max=0.999999, help="How sure the false-reject bound must be (and the level of every bound reported).")
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Write a calibration that is refused (too few samples, defects scoring low, odd images); the reasons go into its note.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write a calibration that is refused (too few samples, defects scoring low, odd images, a live stream with too many frames judged defect); the reasons go into its note.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help=f"Where to save the report PNG (default: BUNDLE/{REPORT_NAME}).")]
 ClientKeyOpt = Annotated[Path | None, typer.Option("--client-key", help="CURVE: this client's NAME.key_secret (from `ssae edge keys`).")]
 ServerKeyOpt = Annotated[Path | None, typer.Option("--server-key", help="CURVE: the daemon's public NAME.key.")]
@@ -31,6 +32,21 @@ ServerKeyOpt = Annotated[Path | None, typer.Option("--server-key", help="CURVE: 
 
 def _warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _need_fit_packages() -> None:
+    """fit and live need scipy (the rules' binomial bounds) and matplotlib (the report): say so before any scoring."""
+    missing = []
+    for module in ("scipy.stats", "matplotlib"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module.split(".")[0])
+    if missing:
+        raise UserError(
+            f"this command needs {' and '.join(missing)}, which this Python lacks; install ssae with its calibrate extra "
+            "(pip install '/path/to/ssae[calibrate]'; the edge box's [adapter] extra includes it)"
+        )
 
 
 @app.command()
@@ -52,6 +68,7 @@ def fit(
 ) -> None:
     """Score sample folders with the bundle, choose thresholds, write them into the manifest and save a report."""
     with known_errors():
+        _need_fit_packages()
         from calibrate.fit import FitOptions, fit_folders
 
         if rule not in ("frr", "best-f1"):
@@ -148,6 +165,7 @@ def live(
 ) -> None:
     """Gather scores of known-good production from a running daemon and fit them by the good-only rule."""
     with known_errors():
+        _need_fit_packages()
         from calibrate.fit import FitOptions
         from calibrate.live import fit_live
 

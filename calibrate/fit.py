@@ -59,8 +59,22 @@ class FitResult(msgspec.Struct, frozen=True, kw_only=True):
     warnings: list[str] = []  # refusals overridden by force, skipped or odd images
 
 
-def decide(good: np.ndarray, defect: np.ndarray | None, pixel: PixelChoice | None, options: FitOptions, *, source: str, warnings: Sequence[str] = ()) -> FitResult:
-    """Choose the thresholds for these scores; raise CalibrationRefused (unless forced) or UserError."""
+def decide(
+    good: np.ndarray,
+    defect: np.ndarray | None,
+    pixel: PixelChoice | None,
+    options: FitOptions,
+    *,
+    source: str,
+    warnings: Sequence[str] = (),
+    problems: Sequence[str] = (),
+    defect_types: Sequence[str] = (),
+) -> FitResult:
+    """Choose the thresholds for these scores; raise CalibrationRefused (unless forced) or UserError.
+
+    problems: reasons to refuse found before (e.g. by `live` in the stream), refused or forced like the others.
+    defect_types: the type of each defect score (same order), for the escapes per type.
+    """
     good = np.asarray(good, np.float64)
     n_good = good.size
     if n_good == 0:
@@ -68,7 +82,9 @@ def decide(good: np.ndarray, defect: np.ndarray | None, pixel: PixelChoice | Non
     if defect is not None and defect.size == 0:
         raise UserError("no defective sample was scored; check the --defect folder")
     p, c = options.target_false_reject, options.confidence
-    problems: list[str] = []
+    if defect_types and (defect is None or len(defect_types) != defect.size):
+        raise ValueError("defect_types must name the type of every defect score")
+    problems = list(problems)
     choice, method = _image_choice(good, defect, options, problems)
     area = None
     if defect is not None:
@@ -85,12 +101,19 @@ def decide(good: np.ndarray, defect: np.ndarray | None, pixel: PixelChoice | Non
     t = choice.threshold
     fr = rules.rate_evidence(rules.false_rejects(good, t), n_good, c, in_sample=choice.method == "best-f1")
     esc = None if defect is None else rules.rate_evidence(rules.escapes(defect, t), defect.size, c, in_sample=choice.method == "best-f1")
+    by_type = {} if defect is None else rules.escapes_by_type(defect, list(defect_types), t, c, in_sample=choice.method == "best-f1")
     expected_fr = {"order-statistic": fr.upper, "tail-extrapolation": p}.get(choice.method, fr.rate)
     pixel = pixel or PixelChoice(threshold=t, method="image-threshold", detail="no maps: pixel threshold = image threshold")
     pixel_t, pixel_detail = pixel.threshold, pixel.detail
     if pixel_t > t:  # a frame judged defective must show where
         pixel_t, pixel_detail = t, f"{pixel.detail}; capped at the image threshold {t:.4g} so every defect frame has a mask"
-    all_warnings = [*warnings, *(f"forced: {w}" for w in problems)]
+    hidden = [  # a type that mostly escapes can hide in a low total: say so where the engineer looks
+        f"defect type {name}: {ev.events} of {ev.trials} escape ({ev.rate:.0%}), against {esc.rate:.0%} of all defects; "
+        "add samples of that type, retrain, or choose a lower threshold"
+        for name, ev in by_type.items()
+        if esc is not None and esc.events * 2 <= esc.trials and ev.events * 2 > ev.trials  # the total alone would not alarm
+    ]
+    all_warnings = [*warnings, *hidden, *(f"forced: {w}" for w in problems)]
     calibration = Calibration(
         image_threshold=max(0.0, t),
         pixel_threshold=max(0.0, pixel_t),
@@ -109,6 +132,7 @@ def decide(good: np.ndarray, defect: np.ndarray | None, pixel: PixelChoice | Non
         escape=esc,
         auroc=area,
         pixel_method=pixel.method,
+        escape_by_type=by_type,
     )
     return FitResult(calibration=calibration, good=good, defect=defect, image_detail=choice.detail, pixel_detail=pixel_detail, warnings=all_warnings)
 
@@ -157,12 +181,12 @@ def fit_folders(bundle_dir: Path, good_dirs: Sequence[Path], defect_dirs: Sequen
         raise UserError("--masks needs --defect: masks belong to the defect images")
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise UserError(f"masks folder {masks_dir} does not exist; pass the ground_truth folder of the defect images")
+    bundle = load_bundle(bundle_dir)  # first: a wrong bundle path is the first thing to fix
     good_paths = [p for d in good_dirs for p in list_images(d, role="good")]
     defect_paths = [p for d in defect_dirs for p in list_images(d, role="defect", by_type=True)]
     if options.rule == "frr" and not options.force and len(good_paths) < rules.min_good_samples(options.target_false_reject, options.confidence):
         # Refuse before minutes of scoring: no outcome of the scores could change this.
         raise CalibrationRefused(f"calibration refused, nothing written: {too_few_goods(len(good_paths), options)}")
-    bundle = load_bundle(bundle_dir)
     spec = bundle.manifest.input
     try:
         backend = open_backend(bundle, options.backend, threads=options.threads, max_batch=options.batch)
@@ -191,7 +215,9 @@ def fit_folders(bundle_dir: Path, good_dirs: Sequence[Path], defect_dirs: Sequen
     warnings = [f"skipped {s}" for s in good.skipped + (defect.skipped if defect else [])]
     warnings += [f"odd size, resized: {s}" for s in good.odd_sizes + (defect.odd_sizes if defect else [])]
     source = _describe(good_dirs, good, defect_dirs, defect, masks_dir, options.crop, spec.width_px, spec.height_px)
-    result = decide(good.scores, None if defect is None else defect.scores, pixel, options, source=source, warnings=warnings)
+    # A defect's type is the folder it lies in: a --defect folder of images, or one of its per-type subfolders.
+    types = [] if defect is None else [path.parent.name for path in defect.paths]
+    result = decide(good.scores, None if defect is None else defect.scores, pixel, options, source=source, warnings=warnings, defect_types=types)
     return result, bundle.model_id
 
 

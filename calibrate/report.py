@@ -1,7 +1,8 @@
 """The calibration report: one PNG a quality engineer reads at a glance.
 
-Left: histograms of good and defective image scores with the threshold. Middle (with labelled
-defects): the ROC curve with the chosen operating point. Right: the summary table in words.
+Top: histograms of good and defective image scores with the threshold; with labelled defects, the ROC
+curve with the chosen operating point and the escapes per defect type (the worst one named, so that a type
+that always escapes cannot hide in the total). Bottom: the summary table in words.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from calibrate import rules
-from calibrate.summary import summary_rows
+from calibrate.summary import summary_rows, worst_type
 from edge.files import atomic_write_bytes
 from edge.manifest import Calibration
 
@@ -29,13 +30,17 @@ def write_report(path: Path, calibration: Calibration, good: np.ndarray, defect:
     import matplotlib.pyplot as plt
 
     labelled = defect is not None and defect.size > 0
-    fig = plt.figure(figsize=(14, 10.5))
+    typed = labelled and bool(calibration.escape_by_type)
+    columns = 1 + labelled + typed
+    fig = plt.figure(figsize=(14 if columns < 3 else 19, 10.5 + 0.15 * len(calibration.escape_by_type)))
     try:
-        grid = fig.add_gridspec(2, 2 if labelled else 1, height_ratios=[1.0, 0.85])
+        grid = fig.add_gridspec(2, columns, height_ratios=[1.0, 0.85])
         fig.suptitle(title, fontsize=15, fontweight="bold")
         _histograms(fig.add_subplot(grid[0, 0]), calibration, good, defect if labelled else None)
         if labelled:
             _roc(fig.add_subplot(grid[0, 1]), calibration, good, defect)
+        if typed:
+            _escapes_by_type(fig.add_subplot(grid[0, 2]), calibration)
         _text(fig.add_subplot(grid[1, :]), calibration)
         fig.tight_layout(rect=(0, 0, 1, 0.96))
         buf = io.BytesIO()
@@ -99,6 +104,28 @@ def _roc(ax, cal: Calibration, good: np.ndarray, defect: np.ndarray) -> None:
     ax.set_title("ROC on the labelled samples")
     ax.legend(loc="lower right", fontsize=9)
     ax.grid(alpha=0.3, which="both")
+
+
+def _escapes_by_type(ax, cal: Calibration) -> None:
+    """Escape rate per defect type with its Clopper-Pearson upper bound; the worst type in red, named in the title."""
+    by_type = cal.escape_by_type
+    worst = worst_type(by_type)
+    names = sorted(by_type, key=lambda name: (-by_type[name].rate, name))[::-1]  # barh draws bottom-up: worst on top
+    rates = np.array([by_type[n].rate for n in names])
+    uppers = np.array([by_type[n].upper for n in names])
+    worst_escapes = worst is not None and by_type[worst].events > 0
+    colours = [DEFECT_COLOUR if n == worst and worst_escapes else "#888888" for n in names]
+    y = np.arange(len(names))
+    ax.barh(y, rates, color=colours, alpha=0.8)
+    ax.errorbar(rates, y, xerr=[np.zeros_like(rates), uppers - rates], fmt="none", ecolor="black", capsize=4, linewidth=1)
+    for i, n in enumerate(names):
+        ev = by_type[n]
+        ax.text(max(ev.upper, ev.rate) + 0.02, i, f"{ev.events}/{ev.trials}", va="center", fontsize=10)
+    ax.set_yticks(y, names, fontsize=10)
+    ax.set_xlim(0, 1.2)
+    ax.set_xlabel(f"escape rate (defects passed); whisker: its upper bound at {cal.confidence or 0.95:.0%}")
+    ax.set_title(f"Escapes per defect type — worst: {worst}" if worst_escapes else "Escapes per defect type — none escapes")
+    ax.grid(alpha=0.3, axis="x")
 
 
 def _text(ax, cal: Calibration) -> None:

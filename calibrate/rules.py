@@ -170,6 +170,13 @@ def clopper_pearson_upper(events: int, trials: int, confidence: float) -> float:
     return float(stats.beta.ppf(confidence, events + 1, trials - events))
 
 
+def clopper_pearson_lower(events: int, trials: int, confidence: float) -> float:
+    """One-sided exact binomial lower bound: P(true rate >= bound) >= confidence."""
+    if trials <= 0 or events <= 0:
+        return 0.0
+    return float(stats.beta.ppf(1 - confidence, events, trials - events + 1))
+
+
 def rate_evidence(events: int, trials: int, confidence: float, *, in_sample: bool = False) -> RateEvidence:
     return RateEvidence(
         events=int(events),
@@ -187,6 +194,16 @@ def false_rejects(good: np.ndarray, threshold: float) -> int:
 
 def escapes(defect: np.ndarray, threshold: float) -> int:
     return int(np.count_nonzero(_scores(defect) <= threshold))
+
+
+def escapes_by_type(defect: np.ndarray, types: list[str], threshold: float, confidence: float, *, in_sample: bool = False) -> dict[str, RateEvidence]:
+    """The escape evidence of each defect type (types[i] is the type of defect[i]), types in sorted order."""
+    defect = _scores(defect)
+    labels = np.asarray(types, dtype=object)
+    return {
+        name: rate_evidence(escapes(defect[labels == name], threshold), int(np.count_nonzero(labels == name)), confidence, in_sample=in_sample)
+        for name in sorted(set(types))
+    }
 
 
 def score_stats(good: np.ndarray) -> ScoreStats:

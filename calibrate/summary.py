@@ -21,6 +21,7 @@ def summary_rows(cal: Calibration) -> list[tuple[str, str, str]]:
         rows.append(("false-reject rate", planned, _evidence(cal.false_reject, "good samples above threshold", conf)))
     if cal.escape is not None:
         rows.append(("escape rate", _planned(cal.expected_escape), _evidence(cal.escape, "defects at or below threshold", conf)))
+        rows.extend(_by_type_rows(cal.escape_by_type, conf))
     if cal.auroc is not None:
         rows.append(("image AUROC", f"{cal.auroc:.4f}", "good vs labelled defects"))
     if cal.good_stats is not None and cal.good_stats.count:
@@ -28,6 +29,28 @@ def summary_rows(cal: Calibration) -> list[tuple[str, str, str]]:
         rows.append(("good scores", f"max {s.max:.4g}", f"n {s.count}, mean {s.mean:.4g}, sd {s.std:.3g}, p50 {s.p50:.4g}, p99 {s.p99:.4g}"))
     rows.append(("samples", f"{cal.n_good} good, {cal.n_defect} defect", cal.source))
     rows.append(("created", cal.created, ""))
+    return rows
+
+
+def worst_type(by_type: dict[str, RateEvidence]) -> str | None:
+    """The type whose defects escape most often; ties go to the larger count (more evidence of the same rate)."""
+    if not by_type:
+        return None
+    return max(by_type, key=lambda name: (by_type[name].rate, by_type[name].events))
+
+
+def _by_type_rows(by_type: dict[str, RateEvidence], conf: str) -> list[tuple[str, str, str]]:
+    """One row per defect type, most escapes first, then the worst named: a type that always escapes must not hide in the total."""
+    worst = worst_type(by_type)
+    if worst is None:
+        return []
+    order = sorted(by_type, key=lambda name: (-by_type[name].rate, name))
+    rows = [(f"  {name}", _pct(by_type[name].rate), _evidence(by_type[name], f"{name} defects escape", conf)) for name in order]
+    w = by_type[worst]
+    if w.events == 0:
+        rows.append(("worst defect type", "none escapes", f"every type caught on these samples ({len(by_type)} types)"))
+    else:
+        rows.append(("worst defect type", worst, f"{w.events} of {w.trials} escape ({_pct(w.rate)}); <= {_pct(w.upper)} at {conf} confidence"))
     return rows
 
 

@@ -85,6 +85,7 @@ class Calibration(Strict, kw_only=True):
     escape: RateEvidence | None = None  # labelled defects passed
     auroc: float | None = None  # image AUROC of good vs labelled defects
     pixel_method: str = ""  # "mask-best-f1", "good-pixel-quantile", "kept", ...
+    escape_by_type: dict[str, RateEvidence] = {}  # labelled defects passed, per defect type (subfolder name)
 
 
 class Provenance(Strict, kw_only=True):

@@ -115,3 +115,89 @@ def test_show_and_fit_on_a_folder_that_is_not_a_bundle(tmp_path, tiny_dataset):
     for args in (["show", tmp_path], ["fit", tmp_path, "--good", tiny_dataset / "part" / "train" / "good", "--target-false-reject", "0.2"]):
         result = _run(*args)
         assert result.exit_code == 2 and "manifest.json is missing" in _error_line(result)
+
+
+def _write_typed_defects(root, good_dir, n_lookalike: int = 6, n_noise: int = 14):
+    """defects/<type>/: "lookalike" = copies of good images (they score like goods, so all escape), "noise" (scores far above)."""
+    looks, noise = root / "defects" / "lookalike", root / "defects" / "noise"
+    looks.mkdir(parents=True)
+    noise.mkdir()
+    for p in sorted(good_dir.glob("*.png"))[:n_lookalike]:
+        shutil.copy(p, looks / p.name)
+    rng = np.random.default_rng(0)
+    for i in range(n_noise):
+        cv2.imwrite(str(noise / f"{i:03d}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return root / "defects"
+
+
+def test_escapes_per_defect_type_name_the_worst_in_table_report_and_manifest(bundle, tiny_dataset, tmp_path):
+    good = tiny_dataset / "part" / "train" / "good"
+    defects = _write_typed_defects(tmp_path, good)
+    result = _run("fit", bundle, "--good", good, "--defect", defects, "--target-false-reject", "0.15", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    cal = read_manifest(bundle).calibration
+    assert (cal.escape.events, cal.escape.trials) == (6, 20)  # 30 % in total hides a type that always escapes
+    by_type = {name: (ev.events, ev.trials) for name, ev in cal.escape_by_type.items()}
+    assert by_type == {"lookalike": (6, 6), "noise": (0, 14)}
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "6 of 6 lookalike defects escape (100%)" in rows["lookalike"] and "0 of 14 noise defects escape (0%)" in rows["noise"]
+    assert "worst defect type  lookalike" in result.stdout and "6 of 6 escape (100%)" in result.stdout
+    assert "warning: defect type lookalike: 6 of 6 escape (100%), against 30% of all defects" in result.stderr
+    assert "defect type lookalike: 6 of 6 escape" in cal.note
+    report = cv2.imread(str(bundle / "calibration-report.png"))
+    assert report.shape[1] == 1900  # three panels: histograms, ROC and the escapes per type (two panels: 1400)
+    shown = _run("show", bundle)
+    assert "worst defect type  lookalike" in shown.stdout
+
+
+def test_escapes_per_type_of_folders_given_one_by_one(bundle, tiny_dataset):
+    part = tiny_dataset / "part"
+    defects = [a for k in ("dent", "scratch", "spot") for a in ("--defect", part / "test" / k)]
+    result = _run("fit", bundle, "--good", part / "train" / "good", *defects, "--target-false-reject", "0.15", "--force", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    cal = read_manifest(bundle).calibration
+    assert sorted(cal.escape_by_type) == ["dent", "scratch", "spot"]
+    assert sum(ev.events for ev in cal.escape_by_type.values()) == cal.escape.events
+    assert all(ev.trials == 3 for ev in cal.escape_by_type.values())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "{tmp}/nowhere", "--good", "{data}/part/train/good"], "bundle refused: {tmp}/nowhere is not a directory"),
+        (["fit", "{tmp}/corrupt", "--good", "{data}/part/train/good"], "manifest.json is not valid JSON"),
+        (["live", "tcp://127.0.0.1:1", "--bundle", "{tmp}/nowhere", "--frames", "3000"], "bundle refused: {tmp}/nowhere is not a directory"),
+        (["live", "tcp://127.0.0.1:1", "--bundle", "{tmp}/corrupt", "--frames", "3000"], "manifest.json is not valid JSON"),
+        (["show", "{tmp}/corrupt"], "manifest.json is not valid JSON"),
+        (["apply", "{tmp}/corrupt", "--control", "tcp://127.0.0.1:1"], "manifest.json is not valid JSON"),
+        (["fit", "{bundle}", "--good", "{tmp}/empty"], "good folder {tmp}/empty holds no images"),
+    ],
+)
+def test_missing_bundle_corrupt_manifest_and_empty_good_folder_are_one_line(bundle, tiny_dataset, tmp_path, args, message):
+    """The bundle is checked first: a wrong path is named, not hidden behind a sample count."""
+    shutil.copytree(bundle, tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "manifest.json").write_text('{"format_version": 1, "model_id": ')
+    (tmp_path / "empty").mkdir()
+    fill = {"tmp": tmp_path, "data": tiny_dataset, "bundle": bundle}
+    result = _run(*(a.format(**fill) for a in args), "--quiet") if args[0] in ("fit", "live") else _run(*(a.format(**fill) for a in args))
+    assert result.exit_code == 2
+    assert message.format(**fill) in _error_line(result)
+
+
+def test_fit_without_scipy_or_matplotlib_says_what_to_install(bundle, tiny_dataset):
+    """A box lacking the calibrate packages gets one line naming them and the extra, not a traceback (a real process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for blocked, missing in ((["scipy"], "needs scipy,"), (["matplotlib"], "needs matplotlib,"), (["scipy", "matplotlib"], "needs scipy and matplotlib,")):
+        code = (
+            f"import sys\nfor m in {blocked!r}: sys.modules[m] = None  # what a Python without them answers: ImportError\n"
+            f"sys.argv = ['ssae', 'calibrate', 'fit', {str(bundle)!r}, '--good', {str(tiny_dataset / 'part' / 'train' / 'good')!r}]\n"
+            "from ssae import main\nmain()\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: this command ") and missing in last and "[calibrate]" in last and "Traceback" not in proc.stderr

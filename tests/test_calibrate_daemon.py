@@ -3,6 +3,7 @@ on the stream without a lost or dropped frame; foreign models and absent daemons
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ from edge.client.control import send_request
 from edge.client.subscriber import FrameEvent, Subscriber
 from edge.files import sha256_file
 from edge.manifest import Calibration, read_manifest, write_manifest
-from edge.wire import Status
+from edge.wire import ApplyThresholds, Status
 from ssae import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,13 @@ class Collector:
 
 @pytest.fixture
 def daemon(tiny_bundle, tiny_dataset, tmp_path):
-    bundle = uncalibrated_copy(tiny_bundle, tmp_path / "bundle")
+    with running_daemon(uncalibrated_copy(tiny_bundle, tmp_path / "bundle"), tiny_dataset, tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_daemon(bundle: Path, tiny_dataset: Path, tmp_path: Path):
+    """`ssae edge run` in a subprocess on the bundle, looping the 24 good training images; yields (bundle, pub, ctl, collector)."""
     pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "line.toml"
     config.write_text(
@@ -184,3 +191,50 @@ def test_live_with_nothing_publishing_gives_up_after_the_idle_timeout(tiny_bundl
     assert "no heartbeat" in result.stderr or "no scored frame" in result.stderr
     too_few = runner.invoke(app, ["calibrate", "live", "tcp://127.0.0.1:1", "--bundle", str(bundle), "--frames", "100", "--quiet"])
     assert too_few.exit_code == 2 and "refused before gathering" in too_few.stderr and "2995 needed" in too_few.stderr
+
+
+def good_scores(bundle: Path, tiny_dataset: Path) -> list[float]:
+    """The scores the daemon computes for the 24 looping images (same ONNX graph, same frames), sorted."""
+    import cv2
+    import numpy as np
+    import onnxruntime as ort
+
+    paths = sorted((tiny_dataset / "part" / "train" / "good").glob("*.png"))
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    return sorted(float(v) for v in sess.run(["score"], {"frames": np.stack([cv2.imread(str(p)) for p in paths])})[0])
+
+
+def test_live_refuses_a_stream_with_too_many_frames_judged_defect_unless_forced(tiny_bundle, tiny_dataset, tmp_path):
+    """Under a threshold at the median score, half the frames are judged defect: no known-good production gives that."""
+    scores = good_scores(tiny_bundle, tiny_dataset)
+    median = scores[11]  # 12 of the 24 looping images score above it
+    in_force = Calibration(image_threshold=median, pixel_threshold=median, method="site", n_good=24)  # backs <= 11.7 % at 95 %
+    bundle = uncalibrated_copy(tiny_bundle, tmp_path / "bundle")
+    write_manifest(bundle, msgspec.structs.replace(read_manifest(bundle), calibration=in_force))
+    live = ["calibrate", "live", None, "--bundle", str(bundle), "--frames", "40", "--target-false-reject", "0.1", "--quiet"]
+    with running_daemon(bundle, tiny_dataset, tmp_path) as (_, pub, ctl, collector):
+        live[2] = pub
+        raw = (bundle / "manifest.json").read_bytes()
+        refused = runner.invoke(app, live)
+        assert refused.exit_code == 2, refused.stderr
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: calibration refused, nothing written: ") and "of 40 frames (" in line  # the share
+        assert f"judged defect under the threshold in force ({median:.4g})" in line
+        assert "at most 11.7% (what the calibration in force can back at 95% confidence)" in line  # the limit
+        assert "gather again while only good parts run" in line and "--force writes it anyway" in line  # the fix
+        assert (bundle / "manifest.json").read_bytes() == raw and not (bundle / "calibration-report.png").exists()
+
+        forced = runner.invoke(app, [*live, "--force"])
+        assert forced.exit_code == 0, forced.stderr
+        cal = read_manifest(bundle).calibration
+        assert "forced: " in cal.note and "judged defect under the threshold in force" in cal.note
+        assert read_manifest(bundle).history == [in_force]
+
+        # A threshold that rejects 1 image in 24 is within what good production gives at a 10 % target: accepted.
+        reply = send_request(ctl, ApplyThresholds(image_threshold=scores[-2]), timeout_s=5)
+        assert reply.ok and reply.image_threshold == scores[-2]
+        collector.wait_for(lambda ev: ev and ev[-1].header.threshold == scores[-2], 10)
+        accepted = runner.invoke(app, live)
+        assert accepted.exit_code == 0, accepted.stderr
+        assert "within what good production gives (limit 10%, the target false-reject rate, as the threshold in force is none" in accepted.stderr
+        assert "forced" not in read_manifest(bundle).calibration.note

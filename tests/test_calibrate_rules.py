@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import stats
@@ -155,3 +156,50 @@ def test_bad_rates_and_scores_are_refused():
         rules.order_statistic_rank(100, 0.01, 1.0)
     with pytest.raises(ValueError, match="NaN"):
         rules.order_statistic_threshold(np.array([1.0, np.nan]), 0.5, 0.5)
+
+
+def test_clopper_pearson_lower_known_values():
+    assert rules.clopper_pearson_lower(0, 100, 0.95) == 0.0
+    lower = rules.clopper_pearson_lower(10, 40, 0.95)
+    assert stats.binom.sf(9, 40, lower) == pytest.approx(0.05, abs=1e-9)  # P(X >= 10 | lower) = 1 - confidence
+    assert rules.clopper_pearson_lower(7, 30, 0.9) == pytest.approx(1 - rules.clopper_pearson_upper(23, 30, 0.9), rel=1e-9)
+    assert rules.clopper_pearson_lower(5, 5, 0.95) == pytest.approx(0.05 ** (1 / 5), rel=1e-9)
+
+
+def test_escapes_by_type_counts_each_type_at_the_threshold():
+    defect = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.95])
+    by_type = rules.escapes_by_type(defect, ["a", "a", "a", "b", "b", "b"], 0.5, 0.95)
+    assert list(by_type) == ["a", "b"]
+    assert (by_type["a"].events, by_type["a"].trials, by_type["b"].events, by_type["b"].trials) == (2, 3, 1, 3)
+    assert by_type["a"].upper == rules.clopper_pearson_upper(2, 3, 0.95)
+    from calibrate.summary import worst_type
+
+    assert worst_type(by_type) == "a" and worst_type({}) is None
+
+
+def _live(judged_defect: int, judged: int, thresholds=(1.0,)):
+    from calibrate.live import LiveScores
+
+    return LiveScores(scores=np.zeros(judged), per_camera={"cam0": judged}, seq_ranges={"cam0": (0, judged - 1)}, unjudged=0,
+                      judged_defect=judged_defect, judged=judged, thresholds=list(thresholds), lost=0, dropped=0, bad_messages=0, seconds=1.0)
+
+
+@pytest.mark.parametrize("target, confidence", [(0.001, 0.95), (0.01, 0.99), (0.1, 0.95), (0.05, 0.9)])
+def test_live_defect_share_one_frame_never_trips_a_share_of_defects_always_does(target, confidence):
+    from calibrate.fit import FitOptions
+    from calibrate.live import defect_share_check
+    from edge.manifest import Calibration, InputSpec, Manifest, Provenance
+
+    pinned = Manifest(format_version=1, model_id="0" * 64, input=InputSpec(height_px=32, width_px=32), provenance=Provenance(data="x"))
+    options = FitOptions(target_false_reject=target, confidence=confidence)
+    n = rules.min_good_samples(target, confidence)  # the fewest frames live accepts for this target
+    assert defect_share_check(_live(1, n), pinned, options)[0] is None
+    problem, _ = defect_share_check(_live(math.ceil(n * max(4 * target, 0.25)), n), pinned, options)
+    assert problem is not None and f"of {n} frames" in problem and "the target false-reject rate" in problem
+    # A calibration in force on few samples backs a higher rate: a share below it is no sign of defects.
+    few = Calibration(image_threshold=1.0, pixel_threshold=1.0, method="site", n_good=5)
+    lenient = msgspec.structs.replace(pinned, calibration=few)
+    limit = rules.lowest_supported_target(5, confidence)
+    d = max(1, math.floor(n * limit * 0.9))
+    assert defect_share_check(_live(d, n), lenient, options)[0] is None
+    assert defect_share_check(_live(d, n), pinned, options)[0] is not None  # the target alone would refuse it

@@ -100,3 +100,10 @@ def test_killed_writer_leaves_a_whole_manifest(bundle):
         read_manifest(bundle)  # raises if half-written
         load_bundle(bundle)
     assert read_manifest(bundle).calibration.method == "stress"
+
+
+def test_a_manifest_written_before_escape_by_type_still_reads():
+    """demo/bundle's manifest predates the per-type escapes: the new field defaults, nothing is refused."""
+    demo = Path(__file__).resolve().parents[1] / "demo" / "bundle"
+    assert "escape_by_type" not in (demo / "manifest.json").read_text()
+    assert read_manifest(demo).calibration.escape_by_type == {}
