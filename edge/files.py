@@ -21,14 +21,26 @@ def sha256_file(path: Path) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via temp file in the same folder, fsync, rename: after a crash the old file is intact."""
-    path = Path(path)
+    _write(Path(path), data, replace=True)
+
+
+def write_new_bytes(path: Path, data: bytes) -> None:
+    """Like atomic_write_bytes, but never replaces: FileExistsError when `path` exists (no check-then-write race)."""
+    _write(Path(path), data, replace=False)
+
+
+def _write(path: Path, data: bytes, *, replace: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the name exists
+            os.unlink(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -13,6 +13,9 @@ Server side (the daemon), in this order:
 Without a running authenticator libzmq lets every CURVE client in, so `start_server_security`
 bundles both steps for callers that want one call. Client side: `curve_client` (or `client_secure` from a
 config) makes the hook that every client passes as `configure=`; it runs before connect.
+
+A refused client key is logged with its address, once a minute per key with a count. Clients refused
+before the ZAP handler is asked (no CURVE, a wrong server key) are logged by edge/daemon/handshakes.py.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from edge.errors import UserError
+from edge.ratelimit import RateLimitedLog
 from edge.strict import Strict
 
 log = logging.getLogger(__name__)
@@ -265,21 +268,33 @@ def client_secure(cfg: ClientSecurityConfig) -> ClientHook | None:
 # --- the ZAP authenticator ----------------------------------------------------------------------
 
 
+class _ZapHandler(ThreadAuthenticator):
+    """pyzmq's ZAP handler, noting the peer address of the request being decided (for the refusal log)."""
+
+    address = ""  # requests are decided one at a time, in the handler's thread
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self.address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+        await super().handle_zap_message(msg)
+
+
 class _AllowList:
     """Answers the authenticator's question "is this client key allowed?" (called in its thread)."""
 
-    def __init__(self, keys: frozenset[bytes]) -> None:
+    def __init__(self, keys: frozenset[bytes], location: Path, address: Callable[[], str]) -> None:
         self.keys = keys  # replaced whole by reload(); reading one attribute is atomic
-        self._last_warned: dict[bytes, float] = {}  # refused clients retry every 100 ms: warn once a minute
+        self.location = location
+        self.address = address
+        self.refusals = RateLimitedLog(log)  # a refused client retries every 100 ms: once a minute per key, with a count
 
     def callback(self, domain: str, key: bytes) -> bool:
         allowed = key in self.keys
         if not allowed:
-            now = time.monotonic()
-            if now - self._last_warned.get(key, -1e9) > 60.0:
-                self._last_warned = {k: t for k, t in self._last_warned.items() if now - t < 60.0}
-                self._last_warned[key] = now
-                log.warning("CURVE client %s refused: its public key is not in the allow-list", key.decode(errors="replace"))
+            self.refusals.log(
+                key, logging.WARNING,
+                "CURVE client %s from %s refused: its public key is not in the allow-list %s; add its NAME.key there and send SIGHUP",
+                key.decode(errors="replace"), self.address(), self.location,
+            )
         return allowed
 
 
@@ -292,8 +307,8 @@ class Authenticator:
 
     def __init__(self, ctx: zmq.Context, allowed_clients: str | Path) -> None:
         self.location = Path(allowed_clients)
-        self._allow = _AllowList(load_allowed_keys(self.location))
-        self._auth = ThreadAuthenticator(ctx)
+        self._auth = _ZapHandler(ctx)
+        self._allow = _AllowList(load_allowed_keys(self.location), self.location, lambda: self._auth.address)
         self._running = False
 
     @property
@@ -316,6 +331,7 @@ class Authenticator:
         if self._running:
             self._auth.stop()
             self._running = False
+            self._allow.refusals.flush()
 
     def __enter__(self) -> Authenticator:
         self.start()

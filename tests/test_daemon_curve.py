@@ -1,5 +1,5 @@
 """The real daemon with `[security] curve = true`: allow-listed clients get the stream and the control
-endpoint; an unknown key (or no CURVE at all) gets nothing."""
+endpoint; an unknown key (or no CURVE at all) gets nothing, and the daemon's log says whom it refused."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _collect(sock, frames, timeout_s):
     return got
 
 
-def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path):
+def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path, caplog):
     keys = tmp_path / "keys"
     server = create_key_pair(keys, "edge")
     allowed = create_key_pair(keys, "adapter1")
@@ -67,6 +67,7 @@ def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path):
         },
         origin="test",
     )
+    caplog.set_level("WARNING", logger="edge.security")
     daemon = Daemon(cfg)
     ctx = zmq.Context()
     server_public = load_public_key(server.public)
@@ -84,6 +85,13 @@ def test_curve_daemon_admits_only_allow_listed_keys(tiny_bundle, tmp_path):
         # everything, in order: each seq follows the previous one, or the daemon says it dropped the rest
         assert all(b.seq == a.seq + 1 + b.dropped for a, b in zip(frames, frames[1:]))
         assert not intruder.poll(300) and not plain.poll(100), "a client without an allowed key received the stream"
+        # Both retry every 100 ms; each kind of refusal is logged once (a minute), naming who and why.
+        refusals = [r.getMessage() for r in caplog.records if r.name == "edge.security"]
+        unknown_key = load_public_key(unknown.public).decode()
+        assert [m for m in refusals if "refused" in m and unknown_key in m] == [
+            f"CURVE client {unknown_key} from 127.0.0.1 refused: its public key is not in the allow-list {allow}; add its NAME.key there and send SIGHUP"
+        ], refusals
+        assert len([m for m in refusals if "publish.endpoints" in m and "does not use CURVE" in m]) == 1, refusals
 
         ok = send_request(
             daemon.control.endpoints[0], Status(), timeout_s=5, ctx=ctx,

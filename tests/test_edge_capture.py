@@ -1,5 +1,5 @@
-"""Capture from real sources: an MJPG .avi written by OpenCV, image folders, a source that appears late,
-a network stream that never delivers; queue policies account for every frame."""
+"""Capture from real sources: an MJPG .avi written by OpenCV, image folders, a missing or corrupt file, a
+network stream that never delivers; queue policies account for every frame."""
 
 from __future__ import annotations
 
@@ -83,18 +83,54 @@ def test_folder_skips_and_counts_unreadable_files(tmp_path):
     assert health.skipped_files == 1 and health.state == "finished" and "img001b.png" in health.last_error
 
 
-def test_source_that_appears_later_is_picked_up_with_reconnects_counted(tmp_path):
-    missing = tmp_path / "later"
-    cap = Capture(CameraConfig(id="cam", source=str(missing), queue="all", **FAST), threading.Event())
-    cap.start()
-    wait_for(lambda: cap.stats.snapshot().reconnects >= 1, what="a reconnect")
-    assert cap.stats.snapshot().state == "reconnecting" and "no such file or folder" in cap.stats.snapshot().last_error
-    staging = write_images(tmp_path / "staging", 2)
-    staging.rename(missing)  # appears whole, as a camera SDK would move it in
-    frames = consume(cap)
-    assert [f.seq for f in frames] == [0, 1]
+def _corrupt_avi(tmp_path):
+    avi = tmp_path / "corrupt.avi"
+    avi.write_bytes(b"RIFF\x00\x10\x00\x00AVI LIST" + np.random.default_rng(0).bytes(4000))
+    return avi
+
+
+def _unreadable_folder(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make, loop, why",
+    [
+        (lambda p: p / "missing.avi", False, "no such file or folder"),
+        (_corrupt_avi, False, "OpenCV"),
+        (_corrupt_avi, True, "OpenCV"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", False, "no images"),
+        (_unreadable_folder, True, "no readable image (1 unreadable file(s) skipped)"),
+    ],
+    ids=["missing", "corrupt", "corrupt-looping", "empty-folder", "unreadable-folder-looping"],
+)
+def test_a_file_or_folder_that_cannot_be_read_fails_the_camera_at_once(tmp_path, caplog, make, loop, why):
+    """Retrying cannot heal a missing path or a corrupt file: the camera is failed with the reason, logged once."""
+    source = make(tmp_path)
+    cap = Capture(CameraConfig(id="cam", source=str(source), loop=loop, **FAST), threading.Event())
+    with caplog.at_level("WARNING", logger="edge.capture"):
+        cap.start()
+        wait_for(lambda: cap.done, timeout_s=5, what="the capture to give up")
     health = cap.stats.snapshot()
-    assert health.state == "finished" and health.reconnects >= 1
+    assert health.state == "failed" and why in health.last_error and health.reconnects == 0, health
+    errors = [r.getMessage() for r in caplog.records if not r.getMessage().startswith("camera cam: skipped")]  # each unreadable file is named once
+    assert len(errors) == 1 and why in errors[0] and "failed" in errors[0] and "retrying" not in errors[0], errors
+
+
+def test_a_missing_live_source_keeps_reconnecting_with_backoff(caplog):
+    """A camera on the network may come back: it is retried (with backoff), and the log says so once a minute."""
+    cap = Capture(CameraConfig(id="cam", source="rtsp://127.0.0.1:1/none", open_timeout_s=0.2, **FAST), threading.Event())
+    with caplog.at_level("WARNING", logger="edge.capture"):
+        cap.start()
+        wait_for(lambda: cap.stats.snapshot().reconnects >= 3, what="three reconnects")
+        cap.stop()
+        assert cap.join(5)
+    assert cap.stats.snapshot().state == "finished"  # stopped, not failed
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "retrying" in lines[0] and "repeated" in lines[1], lines  # first one, then the count at stop
 
 
 def test_looping_folder_keeps_numbering(tmp_path):

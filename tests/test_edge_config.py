@@ -32,8 +32,28 @@ def test_minimal_config_gets_documented_defaults(tmp_path):
     path.write_text(GOOD)
     cfg = load_config(path)
     assert isinstance(cfg, DaemonConfig)
-    assert cfg.cameras[0].queue == "latest" and cfg.publish.endpoints == ["tcp://127.0.0.1:5555"]
+    assert cfg.cameras[0].queue is None and cfg.cameras[0].policy == "all" and cfg.publish.endpoints == ["tcp://127.0.0.1:5555"]
     assert cfg.control is None and cfg.archive is None and cfg.metrics.port is None and not cfg.security.curve
+
+
+@pytest.mark.parametrize(
+    "source, extra, policy",
+    [
+        ("parts.avi", "", "all"),  # a recording: every frame counts
+        ("imgs/", "", "all"),
+        ("0", "", "latest"),  # live: the freshest frame wins
+        ("/dev/video2", "", "latest"),
+        ("rtsp://cam/stream", "", "latest"),
+        ("http://cam/mjpg", "", "latest"),
+        ("videotestsrc ! appsink", 'capture_api = "gstreamer"\n', "latest"),
+        ("parts.avi", 'queue = "latest"\n', "latest"),  # set explicitly: honoured
+        ("0", 'queue = "all"\n', "all"),
+    ],
+)
+def test_queue_policy_defaults_to_the_source_kind_and_an_explicit_one_is_kept(tmp_path, source, extra, policy):
+    path = tmp_path / "edge.toml"
+    path.write_text(f'bundle = "b"\n[[cameras]]\nid = "c"\nsource = "{source}"\n{extra}')
+    assert load_config(path).cameras[0].policy == policy
 
 
 @pytest.mark.parametrize(

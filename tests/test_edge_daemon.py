@@ -285,3 +285,26 @@ def test_control_status_apply_reload_and_metrics(tiny_bundle, tmp_path, ctx):
         daemon.request_stop()
         thread.join(10)
     assert result["code"] == 0
+
+
+def test_a_crop_outside_the_frame_fails_the_camera_in_the_heartbeat_with_one_warning(tiny_bundle, tmp_path, ctx, caplog):
+    """Every frame is published (as unknown), but the heartbeat must not say "streaming": nothing is inspected."""
+    folder = write_images(tmp_path / "imgs", {f"{i}.png": noise((40, 48, 3), i) for i in range(3)})
+    daemon = make_daemon(tiny_bundle, [{"id": "cam", "source": str(folder), "loop": True, "pace_fps": 100, "crop": {"x": 30, "y": 0, "w": 32, "h": 32}}],
+                         image_threshold=1.0, publish={"wait_for_subscriber_s": 10})
+    sub = subscribe(ctx, daemon.publisher.endpoints[0])
+    stream = Stream()
+    with caplog.at_level("INFO"):
+        thread, result = run_in_thread(daemon)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (len(stream.frames.get("cam", [])) >= 60 and len(stream.health) >= 3):
+            if got := receive(sub, 0.5):
+                stream.add(*got)
+        daemon.request_stop()
+        thread.join(10)
+    assert result["code"] == 0 and len(stream.frames["cam"]) >= 60
+    assert all(f.verdict == "unknown" and "crop 30,0,32x32 lies outside the 48x40 frame" in f.reason for f in stream.frames["cam"])
+    later = [c for h in stream.health[1:] for c in h.cameras]
+    assert later and all(c.state == "failed" and "crop 30,0,32x32 lies outside" in c.last_error for c in later)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "crop" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("camera cam: crop 30,0,32x32 lies outside the 48x40 frame"), warnings

@@ -121,8 +121,10 @@ def test_archive_writes_whole_entries_and_keeps_the_quota(tmp_path):
     assert kept == [f"{header(s).capture_ns:019d}-{s:09d}" for s in range(8 - len(kept), 8)]  # the newest survive
     assert not any(name.endswith(".tmp") for name in files)
     # A restart accounts for what is already there, so the quota holds across runs.
+    archive.close()  # the folder is locked while in use
     again = Archive(ArchiveConfig(dir=str(tmp_path / "arch"), quota_mb=0.012))
     assert again.total_bytes == archive.total_bytes and len(again.entries) == len(kept)
+    again.close()
 
 
 def test_archive_refuses_an_unwritable_folder(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -211,3 +212,117 @@ def test_bad_invocations_refused_in_one_line(tmp_path, args, expected):
     config.write_text('bundle = "b"\n[[cameras]]\nid = "c"\nsource = "s"\nqueue = "sometimes"\n')
     code, lines = run_cli(*[str(config) if a == "CONFIG" else a for a in args])
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def write_avi(path: Path, n: int, size=(160, 120)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, size)
+    for i in range(n):
+        writer.write(np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_quick_mode_judges_every_frame_of_a_file_by_default_and_says_so_at_the_end(tiny_bundle, tmp_path):
+    """No --policy: three files are read far faster than one worker judges them, yet every frame is judged;
+    with --policy latest what is skipped is counted and said on stderr at the end, whatever the log level."""
+    avi = write_avi(tmp_path / "parts.avi", 100)
+
+    def quick(*extra):
+        result = CliRunner().invoke(app, [
+            "run", "--bundle", str(tiny_bundle), *["--source", str(avi)] * 3, "--publish", f"tcp://127.0.0.1:{free_port()}",
+            "--threshold", "1000", "--threads", "1", "--log-level", "error", *extra,
+        ])
+        assert result.exit_code == 0, result.stderr
+        return result.stderr.splitlines()
+
+    lines = quick()
+    assert [f"cam{i} ({avi}): 100 frames captured, 100 judged, 0 dropped" for i in range(3)] == [line for line in lines if line.startswith("cam")]
+    lines = quick("--policy", "latest")
+    for i in range(3):
+        (summary,) = [line for line in lines if line.startswith(f"cam{i} ")]
+        judged, dropped = (int(summary.split(", ")[k].split()[0]) for k in (1, 2))
+        assert judged + dropped == 100
+        warned = [line for line in lines if line.startswith(f"warning: cam{i} skipped {dropped} of 100 frames: queue policy 'latest'")]
+        assert len(warned) == (1 if dropped else 0), lines
+
+
+def test_disk_full_archive_errors_are_logged_once_with_a_count(tiny_bundle, tmp_path):
+    """A real daemon process whose every file write fails (RLIMIT_FSIZE: EFBIG, as a full disk fails them)."""
+    import resource
+
+    folder = write_images(tmp_path / "imgs", 30)
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""
+bundle = "{tiny_bundle}"
+threads = 1
+[[cameras]]
+id = "cam"
+source = "{folder}"
+[publish]
+endpoints = ["tcp://127.0.0.1:{free_port()}"]
+[archive]
+dir = "{tmp_path / 'archive'}"
+quota_mb = 10
+verdicts = ["unknown"]
+""")
+
+    def small_files():  # in the child: any write beyond 200 bytes into a file fails
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    proc = subprocess.run([sys.executable, "-m", "edge", "run", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "archive: cannot write" in line]
+    # The first failure in full, then only counts: one per minute of the run (on a slow box) and the rest at shutdown.
+    assert "File too large" in lines[0] and 2 <= len(lines) <= 4, proc.stderr
+    repeats = [int(re.search(r"\(repeated (\d+) times in the last", line).group(1)) for line in lines[1:]]
+    assert sum(repeats) == 29, proc.stderr
+
+
+def test_sources_that_can_never_open_fail_their_camera_once_instead_of_retrying(tiny_bundle, tmp_path):
+    """Config mode: a missing path and a corrupt video are failed cameras (heartbeat and one log line each); the good one runs."""
+    folder = write_images(tmp_path / "imgs", 3)
+    corrupt = tmp_path / "corrupt.avi"
+    corrupt.write_bytes(b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(3000))
+    port = free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""
+bundle = "{tiny_bundle}"
+threads = 1
+[[cameras]]
+id = "good"
+source = "{folder}"
+loop = true
+pace_fps = 20
+[[cameras]]
+id = "missing"
+source = "{tmp_path / 'no-such.avi'}"
+backoff_initial_s = 0.05
+[[cameras]]
+id = "corrupt"
+source = "{corrupt}"
+backoff_initial_s = 0.05
+[publish]
+endpoints = ["tcp://127.0.0.1:{port}"]
+heartbeat_s = 0.2
+""")
+    with zmq.Context() as ctx:
+        sub = Tracker(ctx, f"tcp://127.0.0.1:{port}")
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        try:
+            sub.until(lambda h: len(sub.frames) >= 20, timeout_s=60)  # the good camera inspects meanwhile
+            states = {c.camera: c for c in sub.health[-1].cameras}
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            sub.sock.close()
+    assert states["good"].state == "streaming"
+    assert states["missing"].state == "failed" and "no such file or folder" in states["missing"].last_error
+    assert states["corrupt"].state == "failed" and "did not open" in states["corrupt"].last_error
+    assert states["missing"].reconnects == states["corrupt"].reconnects == 0
+    assert "retrying" not in err
+    assert len([line for line in err.splitlines() if "camera missing failed" in line]) == 1, err
+    assert len([line for line in err.splitlines() if "camera corrupt failed" in line]) == 1, err

@@ -63,12 +63,35 @@ def test_tap_prints_frames_warns_on_gaps_and_saves_defects(tmp_path):
     assert "dropped=1" in lines[2]
     assert "cam1 lost 2 frame(s) before seq 5" in result.stderr
     assert "3 frames (ok 2, defect 1, unknown 0)" in result.stderr
-    png = cv2.imread(str(tmp_path / "cam1-0000000001.png"))
+    (saved,) = tmp_path.glob("cam1-*-0000000001.png")
+    png = cv2.imread(str(saved))
     assert png is not None and png.shape[0] >= 256
     assert (png[..., 2] > 200).any()  # red mask pixels are drawn
-    header = json.loads((tmp_path / "cam1-0000000001.json").read_text())
+    header = json.loads(saved.with_suffix(".json").read_text())
     assert header["verdict"] == "defect" and header["regions"][0]["area_px"] == 20
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam1-0000000001.json", "cam1-0000000001.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [saved.with_suffix(".json").name, saved.name]
+
+
+def test_tap_save_never_overwrites_evidence_across_daemon_restarts(tmp_path):
+    """A restarted daemon numbers from 0 again: the earlier run's files stay, and an existing name is never replaced."""
+    def defect(capture_ns):
+        def script(pub):
+            pub.frame("cam1", 1, verdict="defect", score=0.9, capture_ns=capture_ns, regions=[dict(x=1, y=1, w=2, h=2, area_px=4, peak_score=0.9)])
+        return script
+
+    first_run, second_run = 1_767_225_600_000_000_000, 1_767_225_900_500_000_000
+    for capture_ns in (first_run, second_run, first_run):  # the last: a second tap saving the same frame again
+        with WirePublisher() as pub:
+            thread, errors = publish_in_background(pub, defect(capture_ns), subscriptions=1)
+            summary = run_tap(pub.endpoint, save_dir=tmp_path, frames=1, timeout_s=10, health=False, emit=lambda _: None, warn=lambda _: None)
+            thread.join(timeout=5)
+        assert not errors and summary.saved == 1
+        if capture_ns == second_run:
+            before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"cam1-{stamp}-0000000001{n}.{ext}" for stamp, n in (("20260101T000000.000000000Z", ""), ("20260101T000500.500000000Z", ""),
+                                                                             ("20260101T000000.000000000Z", "-2")) for ext in ("png", "json"))
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items()), "an earlier file was rewritten"
 
 
 def test_tap_times_out_with_exit_1_and_warns_about_heartbeats():

@@ -3,13 +3,19 @@
 Lines go to `emit` (stdout in the CLI), warnings (sequence gaps, missed heartbeats, undecodable messages)
 to `warn` (stderr). With a save folder, every `defect` frame leaves two files there, written atomically:
 
-    <camera>-<seq>.png   the defect mask (red) with each region's box and peak score, on the model-input
-                         grid scaled up for reading; the wire carries no camera image, so this is not a photo
-    <camera>-<seq>.json  the frame header as received
+    <camera>-<capture time, UTC>-<seq>.png   the defect mask (red) with each region's box and peak score, on
+                                             the model-input grid scaled up for reading; the wire carries no
+                                             camera image, so this is not a photo
+    <camera>-<capture time, UTC>-<seq>.json  the frame header as received
+
+e.g. cam1-20250101T120000.123456789Z-0000000041.png. The capture time keeps names apart across daemon
+restarts (seq starts again at 0), and a name that exists anyway is never replaced: the pair gets a
+"-2", "-3", ... suffix instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +24,7 @@ import msgspec
 import numpy as np
 
 from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber, Tally, decode_mask
-from edge.files import atomic_write_bytes
+from edge.files import write_new_bytes
 from edge.wire import FrameHeader, Health
 
 Emit = Callable[[str], None]
@@ -92,10 +98,25 @@ def save_defect(folder: Path, event: FrameEvent) -> Path:
     ok, png = cv2.imencode(".png", render_defect(h, mask))
     if not ok:
         raise RuntimeError("cv2.imencode failed for a defect overlay")
-    stem = f"{h.camera}-{h.seq:010d}"
-    atomic_write_bytes(folder / f"{stem}.png", png.tobytes())
-    atomic_write_bytes(folder / f"{stem}.json", msgspec.json.format(msgspec.json.encode(h), indent=2) + b"\n")
-    return folder / f"{stem}.png"
+    body = msgspec.json.format(msgspec.json.encode(h), indent=2) + b"\n"
+    seconds, ns = divmod(h.capture_ns, 1_000_000_000)
+    base = f"{h.camera}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{ns:09d}Z-{h.seq:010d}"
+    for n in itertools.count(1):
+        stem = base if n == 1 else f"{base}-{n}"
+        json_path, png_path = folder / f"{stem}.json", folder / f"{stem}.png"
+        if json_path.exists() or png_path.exists():
+            continue
+        try:  # never over an existing file, even one that appeared since the check (another tap, same folder)
+            write_new_bytes(json_path, body)
+        except FileExistsError:
+            continue
+        try:
+            write_new_bytes(png_path, png.tobytes())
+        except FileExistsError:
+            json_path.unlink()  # ours, written a moment ago
+            continue
+        return png_path
+    raise AssertionError("itertools.count never ends")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -4,10 +4,13 @@ Sources: a device index ("0") or /dev/videoN, a video file, an rtsp:// / http://
 pipeline), or a folder of images. Each connection is read by its own short-lived reader thread while the
 capture's supervisor thread watches it: OpenCV's `read()` on a network stream can block forever, so a
 live source that delivers nothing for `stale_after_s` is abandoned (its thread is left to die, its frames
-ignored) and the source is reopened with exponential backoff.
+ignored) and the source is reopened with exponential backoff. A file or folder that cannot be read
+(missing, not a video OpenCV decodes, no readable image) does not heal by retrying: the camera is
+"failed" at once, with the reason in its heartbeat and one log line.
 
 Every captured frame gets the camera's next sequence number before it is queued, so a frame dropped
-anywhere downstream still shows as a gap (the wire's `dropped`). Queue policies:
+anywhere downstream still shows as a gap (the wire's `dropped`). Queue policies (unset, the policy
+follows the source: `all` for files and folders, `latest` for live sources; see CameraConfig.policy):
     latest  a full queue drops its oldest frame (counted): free-running video, freshest frame wins
     all     capture waits for room: triggered lines where every part counts; never drops unless the
             daemon aborts its drain, and then the frame is counted as dropped
@@ -23,14 +26,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from edge.daemon.config import CameraConfig
+from edge.daemon.threads import Threaded
 from edge.errors import UserError
 from edge.files import IMAGE_SUFFIXES, list_images
+from edge.ratelimit import RateLimitedLog
 from edge.wire import CameraHealth, CameraState
 
 log = logging.getLogger("edge.capture")
@@ -54,14 +59,6 @@ class SourceError(Exception):
 
 class EndOfSource(Exception):
     """A finite source (file, folder) has no more frames."""
-
-
-def source_kind(cfg: CameraConfig) -> Literal["device", "stream", "path"]:
-    if cfg.source.isdigit() or cfg.source.startswith("/dev/video"):
-        return "device"
-    if "://" in cfg.source or cfg.capture_api == "gstreamer":
-        return "stream"
-    return "path"
 
 
 def redact(source: str) -> str:
@@ -157,6 +154,9 @@ class CameraStats:
         self.reconnects = 0
         self.skipped = 0
         self.last_error = ""
+        # Set by the inference worker while this camera's frames cannot be fitted to the model (crop outside
+        # the frame, wrong size or channels): frames flow, but none is inspected, so the heartbeat says "failed".
+        self.fault = ""
         self.times = collections.deque(maxlen=64)  # monotonic seconds of recent frames, for fps
 
     def set(self, **changes) -> None:
@@ -174,53 +174,39 @@ class CameraStats:
             recent = [t for t in self.times if now - t < 5.0]
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
             return CameraHealth(
-                camera=self.camera, state=self.state, fps=round(fps, 2), frames_captured=self.captured,
-                frames_dropped=self.dropped, reconnects=self.reconnects, skipped_files=self.skipped, last_error=self.last_error,
+                camera=self.camera, state="failed" if self.fault else self.state, fps=round(fps, 2), frames_captured=self.captured,
+                frames_dropped=self.dropped, reconnects=self.reconnects, skipped_files=self.skipped, last_error=self.fault or self.last_error,
             )
 
 
-class Capture:
+class Capture(Threaded):
     """The capture of one camera: a supervisor thread, a reader thread per connection, a bounded queue."""
 
     def __init__(self, cfg: CameraConfig, notify: threading.Event):
         self.cfg = cfg
-        self.kind = source_kind(cfg)
+        self.kind = cfg.kind
         self.live = self.kind != "path"
         self.props = check_props(cfg)
         self.queue: queue.Queue[Frame] = queue.Queue(maxsize=cfg.queue_size)
         self.stats = CameraStats(cfg.id)
         self.notify = notify  # shared with the inference worker: "a frame is waiting somewhere"
-        self.stop_event = threading.Event()  # stop reading; a frame being queued is still delivered
         self.abort_event = threading.Event()  # give up a blocked put too (drain timed out)
         self.lock = threading.Lock()
         self.seq = 0
         self.generation = 0  # bumped to disown an abandoned reader
         self.progress = time.monotonic()  # last sign of life of the current reader
-        self.thread = threading.Thread(name=f"capture-{cfg.id}", target=self._supervise, daemon=True)
-
-    # --- lifetime -----------------------------------------------------------------------------------
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
+        self.retries = RateLimitedLog(log)  # a camera that stays away is said once a minute, with a count
+        # The supervisor thread; stop(): stop reading (a frame being queued is still delivered); `done` once
+        # it has ended (finished, failed or stopped): no more frames will come.
+        super().__init__(f"capture-{cfg.id}")
 
     def abort(self) -> None:
+        """stop(), and give up a put blocked on a full `all` queue too (the drain timed out)."""
         self.stop_event.set()
         self.abort_event.set()
 
-    def join(self, timeout: float) -> bool:
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
-        return not self.thread.is_alive()
-
-    @property
-    def done(self) -> bool:
-        """The supervisor has ended (finished, failed or stopped): no more frames will come."""
-        return self.thread.ident is not None and not self.thread.is_alive()
-
     # --- supervisor -----------------------------------------------------------------------------------
-    def _supervise(self) -> None:
+    def _run(self) -> None:
         try:
             self._retry_loop()
         except Exception as e:  # a bug, not a camera problem: report it as this camera's failure
@@ -229,31 +215,46 @@ class Capture:
         with self.stats.lock:
             if self.stats.state != "failed":
                 self.stats.state = "finished"  # ended or stopped: no more frames from this camera
+        self.retries.flush()
 
     def _retry_loop(self) -> None:
         cfg = self.cfg
         failures, delay = 0, cfg.backoff_initial_s
         while not self.stop_event.is_set():
             outcome, error, delivered = self._connection()
+            if outcome == "ended" and self.stats.captured == 0:
+                outcome, error = "lost", self._nothing_readable()
             if outcome != "lost":
                 if outcome == "ended":
                     self.stats.set(state="finished")
                     log.info("camera %s: %s finished after %d frames", cfg.id, redact(cfg.source), self.stats.captured)
+                return
+            if not self.live and not delivered:  # a file or folder that yields nothing now will not later
+                self._fail(error, "check the path (a video file or a folder of images) and restart the daemon")
                 return
             if delivered:
                 failures, delay = 0, cfg.backoff_initial_s  # it worked for a while: start the backoff afresh
             failures += 1
             self.stats.set(last_error=error)
             if cfg.give_up_after and failures >= cfg.give_up_after:
-                self.stats.set(state="failed")
-                log.error("camera %s: giving up after %d failed attempts: %s", cfg.id, failures, error)
+                self._fail(error, f"after {failures} failed attempts (give_up_after); check the camera and restart the daemon")
                 return
             self.stats.set(state="reconnecting")
-            log.warning("camera %s: %s; retrying in %.1f s", cfg.id, error, delay)
+            self.retries.log("retry", logging.WARNING, "camera %s: %s; retrying in %.1f s", cfg.id, error, delay)
             if self.stop_event.wait(delay):
                 return
             self.stats.add("reconnects")
             delay = min(delay * 2, cfg.backoff_max_s)
+
+    def _fail(self, error: str, fix: str) -> None:
+        self.stats.set(state="failed", last_error=error)
+        log.error("camera %s failed: %s; %s", self.cfg.id, error, fix)
+
+    def _nothing_readable(self) -> str:
+        source = redact(self.cfg.source)
+        if self.stats.skipped:
+            return f"{source}: no readable image ({self.stats.skipped} unreadable file(s) skipped)"
+        return f"{source}: no frame OpenCV can decode (an empty or corrupt file)"
 
     def _connection(self) -> tuple[str, str, int]:
         """Run one reader until it ends: ("ended" | "lost" | "stopped", error, frames delivered)."""
@@ -318,7 +319,7 @@ class Capture:
                         result.update(outcome="ended")
                         return
                     if since_open == 0:
-                        result.update(outcome="lost", error=f"{redact(self.cfg.source)}: no readable frame to loop over")
+                        result.update(outcome="lost", error=self._nothing_readable())
                         return
                     source.close()
                     source, since_open = self._open(), 0  # re-listing a folder picks up new images
@@ -350,7 +351,7 @@ class Capture:
             self.stats.times.append(time.monotonic())
             if self.stats.state != "streaming":
                 self.stats.state = "streaming"
-        if self.cfg.queue == "latest":
+        if self.cfg.policy == "latest":
             while True:
                 try:
                     self.queue.put_nowait(frame)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,10 @@ def run(
         typer.Option("--source", help="Quick mode: a camera source (device index, video file, rtsp:// URL or image folder); repeat for more cameras, named cam0, cam1, ..."),
     ] = None,
     publish: Annotated[list[str] | None, typer.Option("--publish", help=f"Endpoint to bind the stream on, repeatable (quick mode default: {DEFAULT_PUBLISH}); with CONFIG it replaces publish.endpoints.")] = None,
-    policy: Annotated[str, typer.Option("--policy", help="Quick mode: queue policy of every camera: latest (free-running video) or all (every frame counts).")] = "latest",
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="Quick mode: queue policy of every camera: all (every frame counts; the default for files and folders) or latest (the freshest frame wins; the default for live cameras)."),
+    ] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Quick mode: replay files and folders forever.")] = False,
     wait_for_subscriber: Annotated[float | None, typer.Option("--wait-for-subscriber", min=0, help="Hold capture up to SECONDS until a subscriber has joined (so it misses nothing).")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", min=0, help="Quick mode: image threshold, overriding the bundle's calibration.")] = None,
@@ -41,9 +45,10 @@ def run(
 
         if config is not None:
             cfg = _file_config(config, bundle, source, publish, wait_for_subscriber, metrics_port, threshold, control, max_batch, threads, name, loop, policy)
+            code = serve(cfg, config_path=config)
         else:
             cfg = _quick_config(bundle, source, publish, policy, loop, wait_for_subscriber, threshold, metrics_port, control, max_batch, threads, name)
-        code = serve(cfg, config_path=config)
+            code = serve(cfg, report=lambda cameras: _summary(cfg, cameras))
     if code:
         raise typer.Exit(code=code)
 
@@ -55,7 +60,7 @@ def _file_config(config, bundle, source, publish, wait_for_subscriber, metrics_p
     from edge.daemon.config import config_from_dict, load_config
 
     quick_only = {"--bundle": bundle, "--source": source, "--threshold": threshold, "--control": control, "--max-batch": max_batch, "--threads": threads, "--name": name}
-    given = [flag for flag, value in quick_only.items() if value] + (["--loop"] if loop else []) + (["--policy"] if policy != "latest" else [])
+    given = [flag for flag, value in quick_only.items() if value] + (["--loop"] if loop else []) + (["--policy"] if policy is not None else [])
     if given:
         raise UserError(f"{', '.join(given)} belong to quick mode; with {config} set them in the file instead")
     cfg = load_config(config)
@@ -76,7 +81,7 @@ def _quick_config(bundle, source, publish, policy, loop, wait_for_subscriber, th
 
     if bundle is None or not source:
         raise UserError("give a config file (ssae edge run configs/edge/demo.toml) or quick mode: --bundle B --source S [--source S2 ...]")
-    if policy not in ("latest", "all"):
+    if policy not in (None, "latest", "all"):
         raise UserError(f"--policy {policy!r} is unknown; use latest or all")
     for s in source:
         is_path = not (s.isdigit() or s.startswith("/dev/video") or "://" in s)
@@ -84,7 +89,7 @@ def _quick_config(bundle, source, publish, policy, loop, wait_for_subscriber, th
             raise UserError(f"--source {s}: no such file or folder; pass a video file, an image folder, a device index or a URL")
     raw: dict = {
         "bundle": str(bundle),
-        "cameras": [{"id": f"cam{i}", "source": s, "loop": loop, "queue": policy} for i, s in enumerate(source)],
+        "cameras": [{"id": f"cam{i}", "source": s, "loop": loop, **({"queue": policy} if policy else {})} for i, s in enumerate(source)],
         "publish": {"endpoints": publish or [DEFAULT_PUBLISH], "wait_for_subscriber_s": wait_for_subscriber or 0.0},
         "metrics": {"port": metrics_port} if metrics_port is not None else {},
     }
@@ -94,6 +99,27 @@ def _quick_config(bundle, source, publish, policy, loop, wait_for_subscriber, th
     if control:
         raw["control"] = {"endpoint": control}
     return config_from_dict(raw, origin="command line")
+
+
+def _summary(cfg, cameras) -> None:
+    """Quick mode's end, on stderr whatever the log level: what each camera judged, and every frame it did not."""
+    from edge.daemon.capture import redact
+
+    by_id = {c.id: c for c in cfg.cameras}
+    for cam in cameras:
+        camera = by_id[cam.camera]
+        line = f"{cam.camera} ({redact(camera.source)}): {cam.frames_captured} frames captured, {cam.frames_judged} judged, {cam.frames_dropped} dropped"
+        if cam.skipped_files:
+            line += f", {cam.skipped_files} unreadable file(s) skipped"
+        print(line, file=sys.stderr)
+        if cam.frames_dropped:
+            print(
+                f"warning: {cam.camera} skipped {cam.frames_dropped} of {cam.frames_captured} frames: queue policy {camera.policy!r} keeps only "
+                f"the freshest frame when inference is behind; pass --policy all to judge every frame",
+                file=sys.stderr,
+            )
+        if cam.state == "failed":
+            print(f"warning: {cam.camera} failed: {cam.last_error}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,11 @@ the file, the field, the value and the fix:
 
 Relative paths (bundle, sources, archive) are taken relative to the daemon's working directory, the
 way every other command-line tool reads them; systemd units should use absolute paths.
+
+A camera's `queue` policy, when not set, follows its source: "all" for a file or folder (a recording is
+read faster than it is judged, so "latest" would skip most of it), "latest" for a live camera (device
+index, /dev/videoN, a URL or a GStreamer pipeline: the freshest frame wins). A `queue` that is set is
+always honoured; `CameraConfig.policy` is the one in force.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class CameraConfig(Strict, kw_only=True):
     id: CameraId  # becomes the topic frame.<id>
     source: str  # device index ("0"), /dev/videoN, video file, rtsp:// or http:// URL, or a folder of images
     loop: bool = False  # files and folders: start again at the end (a demo loop); live sources ignore it
-    queue: Literal["latest", "all"] = "latest"  # "all" on triggered lines: every part counts, capture waits
+    queue: Literal["latest", "all"] | None = None  # "all": every part counts, capture waits; unset: see `policy`
     queue_size: Annotated[int, Meta(ge=1, le=256)] = 4  # frames held between capture and inference
     crop: CropConfig | None = None  # None: the whole frame
     resize: bool = True  # false: a frame whose (cropped) size differs from the model input is judged "unknown"
@@ -58,6 +63,22 @@ class CameraConfig(Strict, kw_only=True):
     backoff_initial_s: Seconds = 0.5  # first retry delay after a failure; doubles per failure
     backoff_max_s: Seconds = 30.0  # retry delay cap: a camera that comes back is picked up within this
     give_up_after: Annotated[int, Meta(ge=0)] = 0  # failed attempts in a row before state "failed"; 0 = retry forever
+
+    @property
+    def kind(self) -> Literal["device", "stream", "path"]:
+        """device index or /dev/videoN, a URL or GStreamer pipeline (both live), or a file or folder (finite)."""
+        if self.source.isdigit() or self.source.startswith("/dev/video"):
+            return "device"
+        if "://" in self.source or self.capture_api == "gstreamer":
+            return "stream"
+        return "path"
+
+    @property
+    def policy(self) -> Literal["latest", "all"]:
+        """The queue policy in force: `queue` when set, else "all" for files and folders, "latest" for live sources."""
+        if self.queue is not None:
+            return self.queue
+        return "all" if self.kind == "path" else "latest"
 
     def __post_init__(self):
         if self.backoff_initial_s > self.backoff_max_s:

@@ -11,7 +11,6 @@ edge/client/control.py. Behind CURVE via open_bound's `secure` hook.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable
 
 import msgspec
@@ -19,52 +18,36 @@ import zmq
 
 from edge.daemon.config import ControlConfig
 from edge.daemon.sockets import open_bound
+from edge.daemon.threads import Threaded
 from edge.security import ServerHook
 from edge.wire import Reply, Request
 
 log = logging.getLogger("edge.control")
 
 
-class ControlServer:
+class ControlServer(Threaded):
     def __init__(self, ctx: zmq.Context, cfg: ControlConfig, handle: Callable[[Request], Reply], secure: ServerHook | None = None):
         self.handle = handle
-        self.stop_event = threading.Event()
-        # Bound here so errors reach the caller; only the thread uses the socket after start().
+        # Bound here so errors reach the caller; the thread owns it from start() on.
         self.sock, self.endpoints = open_bound(ctx, zmq.REP, [cfg.endpoint], role="control.endpoint", linger_ms=0, secure=secure)
-        self.thread = threading.Thread(name="control", target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def join(self, timeout: float) -> bool:
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
-        else:
-            self.sock.close()
-        return not self.thread.is_alive()
+        super().__init__("control", owned=[self.sock])
 
     def _run(self) -> None:
         decoder = msgspec.msgpack.Decoder(Request)
         encoder = msgspec.msgpack.Encoder()
-        try:
-            while not self.stop_event.is_set():
-                if not self.sock.poll(100, zmq.POLLIN):
-                    continue
-                raw = self.sock.recv()
+        while not self.stop_event.is_set():
+            if not self.sock.poll(100, zmq.POLLIN):
+                continue
+            raw = self.sock.recv()
+            try:
+                request = decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                reply = Reply(ok=False, message=f"bad request ({e}); send a msgpack map with type reload, apply or status")
+            else:
+                log.info("control: %s", request)
                 try:
-                    request = decoder.decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    reply = Reply(ok=False, message=f"bad request ({e}); send a msgpack map with type reload, apply or status")
-                else:
-                    log.info("control: %s", request)
-                    try:
-                        reply = self.handle(request)
-                    except Exception as e:  # the daemon keeps running on a failed request, and says why
-                        log.exception("control request %s failed", request)
-                        reply = Reply(ok=False, message=f"{type(e).__name__}: {e}")
-                self.sock.send(encoder.encode(reply))
-        finally:
-            self.sock.close()
+                    reply = self.handle(request)
+                except Exception as e:  # the daemon keeps running on a failed request, and says why
+                    log.exception("control request %s failed", request)
+                    reply = Reply(ok=False, message=f"{type(e).__name__}: {e}")
+            self.sock.send(encoder.encode(reply))

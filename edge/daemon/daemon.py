@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 import numpy as np
@@ -32,6 +33,7 @@ from edge.daemon.archive import Archive
 from edge.daemon.capture import Capture
 from edge.daemon.config import DaemonConfig, load_config
 from edge.daemon.control import ControlServer
+from edge.daemon.handshakes import HandshakeLog
 from edge.daemon.metrics import Metrics
 from edge.daemon.postprocess import Thresholds, resolve_thresholds
 from edge.daemon.publisher import Publisher
@@ -73,6 +75,8 @@ class Daemon:
             secure = self.security
             self.publisher = Publisher(self.ctx, cfg.publish, cfg.name, self.health, self.metrics, secure)
             self.control = ControlServer(self.ctx, cfg.control, self.handle, secure) if cfg.control else None
+            watched = [(self.publisher.sock, "publish.endpoints")] + ([(self.control.sock, "control.endpoint")] if self.control else [])
+            self.handshakes = HandshakeLog(self.ctx, watched) if self.security else None
             self.archive = Archive(cfg.archive) if cfg.archive else None
         except BaseException:
             self.model.backend.close()
@@ -218,7 +222,7 @@ class Daemon:
         if cfg.metrics.port is not None:
             port = self.metrics.serve(cfg.metrics.port, cfg.metrics.host)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
-        for part in (self.publisher, self.control, self.archive):
+        for part in (self.publisher, self.control, self.handshakes, self.archive):
             if part is not None:
                 part.start()
         self.worker.start()
@@ -261,9 +265,9 @@ class Daemon:
                 self.reload_event.clear()
                 threading.Thread(name="reload", target=self.reload, kwargs={"reread_config": True}, daemon=True).start()
             if all(c.done for c in self.captures):
-                failed = [c.cfg.id for c in self.captures if c.stats.state == "failed"]
+                failed = [f"{c.cfg.id} ({c.stats.last_error})" for c in self.captures if c.stats.state == "failed"]
                 if failed:
-                    log.error("every camera has stopped; failed: %s", ", ".join(failed))
+                    log.error("every camera has stopped; failed: %s", "; ".join(failed))
                     self.exit_code = 1
                 else:
                     log.info("every source has ended; draining and exiting")
@@ -297,6 +301,9 @@ class Daemon:
         if self.control is not None:
             self.control.stop()
             clean &= self.control.join(1.0)
+        if self.handshakes is not None:
+            self.handshakes.stop()
+            clean &= self.handshakes.join(1.0)
         if not clean:
             log.error("drain did not finish within %g s; frames still in flight were lost", self.cfg.drain_timeout_s)
             self.exit_code = self.exit_code or 1
@@ -310,14 +317,17 @@ class Daemon:
             self.ctx.term()
         else:
             self.ctx.destroy(linger=0)  # a thread still holds a socket: don't wait for it
-        totals = ", ".join(f"{c.camera}: {c.frames_captured} captured, {c.frames_judged} judged, {c.frames_dropped} dropped" for c in self.camera_health())
-        log.info("stopped (%s; %d messages sent, %d dropped at publish)", totals, self.publisher.sent, self.publisher.dropped)
+        cameras = self.camera_health()
+        totals = ", ".join(f"{c.camera}: {c.frames_captured} captured, {c.frames_judged} judged, {c.frames_dropped} dropped" for c in cameras)
+        lossy = self.publisher.dropped or any(c.frames_dropped or c.skipped_files or c.state == "failed" for c in cameras)
+        log.log(logging.WARNING if lossy else logging.INFO, "stopped (%s; %d messages sent, %d dropped at publish)", totals, self.publisher.sent, self.publisher.dropped)
 
 
-def serve(cfg: DaemonConfig, config_path: str | Path | None = None) -> int:
+def serve(cfg: DaemonConfig, config_path: str | Path | None = None, report: Callable[[list[CameraHealth]], None] | None = None) -> int:
     """Run a daemon in the main thread with the signals systemd and a terminal send; returns the exit code.
 
     SIGTERM / SIGINT: drain and exit (a second one gives up the drain). SIGHUP: reload bundle and thresholds.
+    `report` gets the cameras' final counts once the daemon has stopped (quick mode's end summary).
     """
     import signal
 
@@ -329,10 +339,13 @@ def serve(cfg: DaemonConfig, config_path: str | Path | None = None) -> int:
     }
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
-        return daemon.run()
+        code = daemon.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if report is not None:
+        report(daemon.camera_health())
+    return code
 
 
 def backend_options(cfg: DaemonConfig) -> dict:

@@ -25,6 +25,7 @@ import zmq
 from edge.daemon.config import PublishConfig
 from edge.daemon.metrics import Metrics
 from edge.daemon.sockets import open_bound
+from edge.daemon.threads import Threaded
 from edge.security import ServerHook
 from edge.wire import FrameHeader, Health, frame_topic, health_topic
 
@@ -38,7 +39,7 @@ class Outgoing(NamedTuple):
     queued_at: float  # time.monotonic() when handed over, for the publish_wait stage
 
 
-class Publisher:
+class Publisher(Threaded):
     def __init__(
         self,
         ctx: zmq.Context,
@@ -53,7 +54,6 @@ class Publisher:
         self.metrics = metrics
         self.health_topic = health_topic(daemon)
         self.queue: queue.Queue[Outgoing] = queue.Queue(maxsize=cfg.queue_size)
-        self.stop_event = threading.Event()
         self.subscribed = threading.Event()  # a subscription that matches frame topics has arrived
         self.sent = 0
         self.queue_dropped = 0  # incremented by submit() (the inference thread) only
@@ -63,11 +63,11 @@ class Publisher:
             options[zmq.SNDBUF] = cfg.sndbuf_bytes
         if cfg.on_full_subscriber == "drop-and-count":
             options[zmq.XPUB_NODROP] = 1  # a full subscriber makes send fail (EAGAIN) instead of silently skipping it
-        # Created and bound here so that bind errors reach the caller; from start() on, only the thread uses it.
+        # Bound here so that bind errors reach the caller; the thread owns it from start() on.
         self.sock, self.endpoints = open_bound(
             ctx, zmq.XPUB, list(cfg.endpoints), role="publish.endpoints", linger_ms=cfg.linger_ms, sndhwm=cfg.sndhwm, options=options, secure=secure
         )
-        self.thread = threading.Thread(name="publisher", target=self._run, daemon=True)
+        super().__init__("publisher", owned=[self.sock])  # closed by the thread: linger flushes what is queued
 
     @property
     def dropped(self) -> int:
@@ -83,19 +83,7 @@ class Publisher:
             self.metrics.publish_dropped("queue")
             return False
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Send what is queued, a last heartbeat, then close (linger flushes to connected subscribers)."""
-        self.stop_event.set()
-
-    def join(self, timeout: float) -> bool:
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
-        else:
-            self.sock.close()
-        return not self.thread.is_alive()
+    # stop(): send what is queued, a last heartbeat, then close (linger flushes to connected subscribers).
 
     # --- the thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -124,8 +112,6 @@ class Publisher:
         except Exception:
             log.exception("publisher thread failed")
             raise
-        finally:
-            self.sock.close()  # linger (finite, set before bind) flushes what is queued
 
     def _send_frame(self, encoder: msgspec.msgpack.Encoder, topics: dict, last_seq: dict, item: Outgoing) -> None:
         h = item.header

@@ -10,7 +10,10 @@ flight at once instead of waiting for more frames, so a lone frame is not held. 
 submission order: frames keep their order, and each camera its seq order.
 
 A frame that cannot be judged (wrong size or channels, a backend error, a post-processing error) is still
-published, as verdict "unknown" with the reason: the line never loses a part silently. The model is read
+published, as verdict "unknown" with the reason: the line never loses a part silently. A frame that does
+not fit the model (crop outside the frame, wrong size with resize off, wrong channels or depth) is a set-up
+fault, not bad luck: its camera shows "failed" with the reason in the heartbeat until a frame fits again,
+and the log says so once (then once a minute, with a count), as it does for backend errors. The model is read
 once per batch through `current_model`, so a reload takes effect between two batches, never inside one;
 when the reload brought another backend, the batches still in flight on the old one are collected and
 published first, and only then is the old one closed.
@@ -35,7 +38,9 @@ from edge.daemon.config import DaemonConfig
 from edge.daemon.metrics import Metrics
 from edge.daemon.postprocess import Thresholds, encode_mask, judge
 from edge.daemon.publisher import Outgoing, Publisher
+from edge.daemon.threads import Threaded
 from edge.preprocess import FrameError, Roi, fit_frame
+from edge.ratelimit import RateLimitedLog
 from edge.wire import SCHEMA_VERSION, FrameHeader, MaskInfo
 
 log = logging.getLogger("edge.worker")
@@ -59,7 +64,7 @@ class Job(NamedTuple):
     reasons: dict[int, str]  # frame index -> why it is not judged; the others went to the backend, in order
 
 
-class InferenceWorker:
+class InferenceWorker(Threaded):
     def __init__(
         self,
         cfg: DaemonConfig,
@@ -82,21 +87,11 @@ class InferenceWorker:
         self.crops = {c.id: Roi(c.crop.x, c.crop.y, c.crop.w, c.crop.h) if c.crop else None for c in cfg.cameras}
         self.resize = {c.id: c.resize for c in cfg.cameras}
         self.judged = {c.id: 0 for c in cfg.cameras}  # written by this thread only
+        self.stats = {c.cfg.id: c.stats for c in captures}
+        self.errors = RateLimitedLog(log)
         self.beat = time.monotonic()  # last loop start: the watchdog pings only while this moves
-        self.stop_event = threading.Event()  # finish what the queues hold, then return
-        self.thread = threading.Thread(name="inference", target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Call after the captures have stopped: the queues and the batches in flight are drained, then the thread ends."""
-        self.stop_event.set()
-
-    def join(self, timeout: float) -> bool:
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
-        return not self.thread.is_alive()
+        # stop() after the captures have stopped: the queues and the batches in flight are drained, then the thread ends.
+        super().__init__("inference")
 
     def _run(self) -> None:
         turn = 0
@@ -122,8 +117,12 @@ class InferenceWorker:
                 elif self.stop_event.is_set() and all(c.queue.empty() for c in self.captures):
                     self._close_retired()
                     return
+                else:
+                    self.errors.tick()  # idle: say what repeated errors were held back
         except Exception:
             log.exception("inference worker failed")  # the daemon sees the thread gone and stops with exit 1
+        finally:
+            self.errors.flush()
 
     def _model(self, inflight: Pipeline) -> Model:
         """The model for the next batch. After a reload swapped the backend, the old one's batches in flight
@@ -184,10 +183,27 @@ class InferenceWorker:
             try:
                 x, rois[i] = fit_frame(frame.image, spec, self.crops[frame.camera], self.resize[frame.camera])
                 inputs.append(x)
+                self._fits(frame.camera, "")
             except FrameError as e:
                 reasons[i] = f"frame not judged: {e}"
+                self._fits(frame.camera, str(e))
         m.stage["preprocess"].observe(time.perf_counter() - t0)
         return Job(batch, model, rois, reasons), (np.stack(inputs) if inputs else None)
+
+    def _fits(self, camera: str, problem: str) -> None:
+        """Mark the camera failed while its frames do not fit the model ("" = this one fits)."""
+        stats = self.stats[camera]
+        if stats.fault == problem:
+            return
+        stats.set(fault=problem)
+        if problem:
+            self.errors.log(
+                ("unfit", camera), logging.WARNING,
+                "camera %s: %s; its frames are published as unknown (not inspected) until the source or its crop/resize config is fixed",
+                camera, problem,
+            )
+        else:
+            self.errors.log(("fits", camera), logging.INFO, "camera %s: frames fit the model again; inspecting", camera)
 
     def _finish(self, job: Job, result: Result) -> None:
         """Judge and hand over one collected batch, in frame order."""
@@ -201,7 +217,7 @@ class InferenceWorker:
                 m.device_stage["d2h"].observe(result.times.d2h_ms / 1e3)
         if result.error is not None:
             e = result.error
-            log.error("inference failed on a batch of %d: %s: %s", len(judged_idx), type(e).__name__, e, exc_info=e)
+            self.errors.log("infer", logging.ERROR, "inference failed on a batch of %d: %s: %s", len(judged_idx), type(e).__name__, e, exc_info=e)
             reasons.update({i: f"backend error: {type(e).__name__}: {e}" for i in judged_idx})
             judged_idx = []
         t0 = time.perf_counter()
@@ -213,7 +229,7 @@ class InferenceWorker:
             try:
                 self._publish(frame, model, result.maps[row[i]], float(result.scores[row[i]]), job.rois[i])
             except Exception as e:  # one frame's post-processing must not stop the line
-                log.exception("post-processing failed for %s seq %d", frame.camera, frame.seq)
+                self.errors.log("postprocess", logging.ERROR, "post-processing failed for %s seq %d", frame.camera, frame.seq, exc_info=True)
                 self._publish_unknown(frame, model, f"post-processing error: {type(e).__name__}: {e}")
         m.stage["postprocess"].observe(time.perf_counter() - t0)
 
