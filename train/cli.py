@@ -15,7 +15,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command()
 def fit(
     data: Path = typer.Argument(..., help="Dataset root (MVTec-AD layout with --category) or a folder of good images."),
-    out: Path = typer.Option(..., "--out", help="Bundle folder to write (replaced whole at the end; checkpoints go to OUT.work/)."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write: new, empty, or a bundle ssae wrote (its files are replaced at the end, yours kept); checkpoints go to OUT.work/."),
     category: Optional[str] = typer.Option(None, "--category", help="MVTec-AD category: trains on DATA/<category>/train/good."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training recipe TOML (keys: configs/train/default.toml)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="default | plain | denoising (comparison recipes)."),
@@ -23,6 +23,7 @@ def fit(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in px (default: recipe's, else the images')."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT.work/."),
+    force: bool = typer.Option(False, "--force", help="Replace a bundle calibrated on site (its calibration is kept in the new manifest's history)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: the recipe's, auto: the GPU if torch sees one)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes making batches ahead of the step (default: recipe's; -1 auto: 0 on CPU, up to 8 with a GPU)."),
@@ -34,7 +35,7 @@ def fit(
         from train.loop import fit as run_fit
 
         cfg = load_config(config, recipe, steps=steps, image_size=image_size, seed=seed, threads=threads, device=device, workers=workers)
-        run_fit(data, out, cfg, category=category, resume=resume, progress=progress)
+        run_fit(data, out, cfg, category=category, resume=resume, progress=progress, force=force)
 
 
 # --- evaluation: `ssae train eval` (train/cli_eval.py) -------------------------------------------
