@@ -167,6 +167,23 @@ def test_retraining_a_site_calibrated_bundle_needs_force_and_keeps_its_calibrati
     assert "kept in the manifest history" in r.output and report.name in r.output
 
 
+def test_the_demo_retrains_its_own_calibrated_bundle(good, tmp_path):
+    """Regression guard: the demo's cached bundle is calibrated on site, and new options retrain it."""
+    import msgspec
+
+    from calibrate.store import store_calibration
+    from edge.demo import obtain_bundle
+    from edge.demo_parts import TINY
+    from edge.manifest import Calibration
+
+    bundle, _ = obtain_bundle(TINY, tmp_path, good, source="train", emit=lambda line: None, progress=False)
+    store_calibration(bundle, Calibration(image_threshold=0.1, pixel_threshold=0.1, method="order-statistic", source=str(good)),
+                      model_id=read_manifest(bundle).model_id)
+    again, how = obtain_bundle(msgspec.structs.replace(TINY, seed=1), tmp_path, good, source="train", emit=lambda line: None, progress=False)
+    assert again == bundle and how.startswith("trained here")
+    assert read_manifest(bundle).provenance.seed == 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,3 +248,19 @@ def test_a_stop_signal_saves_the_step_reached_and_resume_finishes(sig, first_che
     r = subprocess.run([*args, "--steps", str(done), "--resume"], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert load_bundle(out).manifest.provenance.steps == done
+
+
+# --- threads under co-located load ------------------------------------------------------------------------
+
+
+def test_training_threads_sleep_while_they_wait_unless_the_user_says_otherwise(tmp_path):
+    """libgomp as torch loads it in a real `ssae train fit` process: spinning waits (its default) collapse
+    training beside other work, so fit asks for passive ones before torch loads; a user's choice wins."""
+    for user_policy, spin_count in ((None, "'0'"), ("ACTIVE", "'30000000000'")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "VERBOSE"}
+        if user_policy:
+            env["OMP_WAIT_POLICY"] = user_policy
+        r = subprocess.run([sys.executable, "-m", "ssae", "train", "fit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+        assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr  # torch loaded, then the missing data refused
+        assert f"GOMP_SPINCOUNT = {spin_count}" in r.stderr, (user_policy, r.stderr)

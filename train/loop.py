@@ -231,7 +231,8 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         print(f"training {count_params(net) / 1e6:.2f} M params on {len(train_idx)} images {width}x{height}x{channels} "
-              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}", flush=True)
+              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}, "
+              f"torch threads {torch.get_num_threads()}", flush=True)
 
     def checkpoint(at_step: int) -> None:
         nonlocal saved_step
