@@ -101,15 +101,26 @@ def test_out_is_never_the_data_inside_it_or_above_it(where, good, tiny_config, t
     assert snapshot(tmp_path) == before  # every image still there, nothing new
 
 
-def test_a_foreign_file_where_the_checkpoint_goes_is_refused(good, tiny_config, tmp_path):
-    out = tmp_path / "b"
-    work = work_dir_for(out)
-    work.mkdir()
-    (work / CKPT_NAME).write_text("my own notes, not a checkpoint\n")
+@pytest.mark.parametrize("case", ["out is a file", "manifest not ours", "work is a file", "foreign checkpoint"])
+def test_other_things_where_the_bundle_or_checkpoint_goes_are_refused_untouched(case, good, tiny_config, tmp_path):
+    out, work = tmp_path / "b", work_dir_for(tmp_path / "b")
+    if case == "out is a file":
+        out.write_text("a file named like the bundle\n")
+    elif case == "manifest not ours":
+        out.mkdir()
+        (out / "manifest.json").write_text('{"name": "my web app", "version": "1.0"}\n')
+        (out / "index.html").write_text("<html></html>\n")
+    elif case == "work is a file":
+        work.write_text("a file named like the checkpoint folder\n")
+    else:
+        work.mkdir()
+        (work / CKPT_NAME).write_text("my own notes, not a checkpoint\n")
     before = snapshot(tmp_path)
     line = one_error_line(fit(good, out, tiny_config))
-    assert str(work / CKPT_NAME) in line and "not a checkpoint ssae wrote" in line
-    assert snapshot(tmp_path) == before and not out.exists()
+    expected = {"out is a file": f"--out {out} is a file", "manifest not ours": f"--out {out} is not a bundle this ssae can replace",
+                "work is a file": f"{work} is a file", "foreign checkpoint": f"{work / CKPT_NAME} is not a checkpoint ssae wrote"}
+    assert expected[case] in line, line
+    assert snapshot(tmp_path) == before and sorted(tmp_path.iterdir()) == sorted(p for p in (out, work) if p.exists())
 
 
 def test_retraining_replaces_only_what_ssae_wrote_and_keeps_the_users_files(trained, good, tiny_config, tmp_path):

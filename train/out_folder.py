@@ -139,6 +139,8 @@ def carry_user_files(old: Path, new: Path, owned: set[str]) -> list[str]:
             if str(rel) in owned:
                 continue
             src, dst = Path(root) / f, new / rel
+            if dst.exists() or dst.is_symlink():  # a name the new bundle uses: it stays in the old folder, named at the end
+                continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             if src.is_symlink():
                 os.symlink(os.readlink(src), dst)
@@ -151,6 +153,8 @@ def carry_user_files(old: Path, new: Path, owned: set[str]) -> list[str]:
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
+    except FileExistsError:
+        raise
     except OSError:  # another file system, or links not allowed here: a copy keeps it just as well
         shutil.copy2(src, dst)
 
