@@ -4,7 +4,7 @@
 manifest.json decodes as ours); never the training data, a folder inside it, or one above it. The
 checkpoint folder beside it (OUT.work/) follows the same rule. Replacing a bundle removes only what
 ssae wrote into it (model, manifest, extras, TensorRT engines, the calibration report); anything else
-in the folder is the user's and moves into the new bundle untouched. A bundle calibrated on site is
+in the folder is the user's and stays, linked into the new bundle. A bundle calibrated on site is
 replaced only with --force, and its calibration then stays in the new manifest's history.
 """
 
