@@ -42,7 +42,7 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     smooth_sigma_px: Annotated[float, Meta(ge=0)] = 0.0  # 0: auto, width / 64 (at least 1 px)
     checkpoint_every: Annotated[int, Meta(ge=1)] = 200
     time_budget_min: Annotated[float, Meta(ge=0)] = 19.0  # 0: no budget
-    threads: Annotated[int, Meta(ge=0)] = 0  # 0: all cores
+    threads: Annotated[int, Meta(ge=0)] = 0  # 0: all cores; waiting threads sleep (train/cli.py): spinning ones collapse beside other work
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU (LOCAL_RANK under torchrun) if torch sees one
     workers: Annotated[int, Meta(ge=-1, le=64)] = -1  # batch-making processes; -1: auto (0 on CPU, up to 8 with a GPU)
     channels_last: bool = True

@@ -11,7 +11,6 @@ import datetime as dt
 import math
 import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from edge.manifest import (
     write_manifest,
 )
 from edge.files import sha256_file
+from train.out_folder import sibling_dir, swap_in
 
 OPSET = 17
 
@@ -173,16 +173,20 @@ def export_bundle(
     channels: int,
     provenance: Provenance,
     calibration: Calibration | None = None,
+    history: list[Calibration] | None = None,
     with_torch_program: bool = True,
-) -> Manifest:
+    report_as: str | None = None,
+) -> tuple[Manifest, list[str]]:
     """Write model.onnx (+ model.pt2) and manifest.json into out_dir, replacing an earlier bundle whole.
 
-    Everything is built in a temp folder beside out_dir and swapped in by rename, so an interrupted
-    export leaves the previous bundle intact.
+    Everything is built in a hidden folder beside out_dir and swapped in by rename (train/out_folder.py),
+    so an interrupted export leaves the previous bundle intact; of the previous bundle only the files ssae
+    wrote go (a new model invalidates its engines), the user's are carried over. Returns the manifest
+    and the user's files kept.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = sibling_dir(out_dir, "new")
     try:
         export_onnx(graph, tmp / MODEL_NAME, height, width, channels)
         extras = {}
@@ -195,21 +199,15 @@ def export_bundle(
             input=InputSpec(height_px=height, width_px=width, channels=channels, color_order="BGR" if channels == 3 else "GRAY"),
             provenance=provenance,
             calibration=calibration,
+            history=list(history or []),
             extras=extras,
         )
         write_manifest(tmp, manifest)
-        if out_dir.exists():
-            # Keep an on-site calibration history if this folder already had engines/ etc.? No: a new model
-            # invalidates calibrations and engines, so the old bundle is moved aside whole and removed.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            out_dir.rename(old / out_dir.name)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-        return manifest
+        kept = swap_in(tmp, out_dir, report_as=report_as)
+        return manifest, kept
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # our own half-built folder (the user's files in it are links)
         raise
 
 

@@ -3,8 +3,8 @@
 Under `torchrun` (RANK/WORLD_SIZE set) it trains with DistributedDataParallel (gloo on CPU, nccl on
 GPU); each rank draws its own batches (train/batches.py: seeded by seed, rank and step), and only
 rank 0 logs, saves checkpoints and exports. Checkpoints hold the recipe, step, model and optimizer
-states, so `--resume` continues exactly where the run stopped; they are written atomically, so Ctrl-C or a
-power cut leaves the last one intact.
+states, so `--resume` continues exactly where the run stopped; they are written atomically, so a power cut
+leaves the last one intact, and SIGINT or SIGTERM save one at the step reached before the run stops.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 import numpy as np
@@ -27,7 +28,9 @@ from train.batches import batch_stream, resolve_workers
 from train.config import TrainConfig
 from train.data import channel_stats, load_images, split_holdout, train_folder, training_view
 from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
+from train.interrupt import StopSignals
 from train.model import FilterAE, ModelConfig, count_params
+from train.out_folder import PROVISIONAL_SOURCE, carried_history, check_out
 
 CKPT_NAME = "ckpt.pt"
 
@@ -91,7 +94,7 @@ def provisional_calibration(graph: InferenceGraph, holdout: np.ndarray) -> Calib
         n_good=len(s),
         good_stats=stats,
         created=now_iso(),
-        source="training holdout",
+        source=PROVISIONAL_SOURCE,
     )
 
 
@@ -131,18 +134,63 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def over_budget(elapsed_s: float, budget_min: float, world: int) -> bool:
+def over_budget(elapsed_s: float, budget_min: float, world: int, device: torch.device) -> bool:
     """All ranks must stop at the same step, or the next collective hangs: rank 0's clock decides."""
-    flag = torch.tensor([float(elapsed_s > budget_min * 60)])
+    flag = torch.tensor([float(elapsed_s > budget_min * 60)], device=device)  # nccl takes GPU tensors only
     if world > 1:
         torch.distributed.broadcast(flag, src=0)
     return bool(flag.item())
 
 
-def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train on the good images under data, export the bundle to out, return out."""
-    out = Path(out)
+def stopping(stop: StopSignals, world: int, device: torch.device) -> bool:
+    """Whether a stop signal arrived; under torchrun any rank's counts, so that all stop at the same step."""
+    if world == 1:
+        return stop.received is not None
+    flag = torch.tensor([float(stop.received is not None)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def on_disk(ckpt_path: Path, saved_step: int | None) -> str:
+    """What a stopped run leaves to continue from, claiming only a file that is there."""
+    if saved_step is not None and ckpt_path.is_file():
+        return f"{ckpt_path} holds step {saved_step}: run the same command with --resume to continue from there"
+    return "this run wrote no checkpoint: run the same command again to start over"
+
+
+def interrupted(signame: str, step: int, steps: int, save, ckpt_path: Path, saved_step: int | None, world: int) -> NoReturn:
+    """Checkpoint the step reached (save is None when that step is already on disk), then stop naming the file."""
+    error = None
+    if save is not None:
+        try:
+            save(step)
+        except OSError as e:  # disk full, folder gone: say so, and what is still there
+            error = e
+    if world > 1:
+        torch.distributed.barrier()  # no rank exits (torchrun then stops the rest) before rank 0's file is written
+    if error is not None:
+        raise UserError(f"interrupted ({signame}) at step {step}/{steps}, and the checkpoint could not be written ({error}); "
+                        f"{on_disk(ckpt_path, saved_step)}")
+    raise UserError(f"interrupted ({signame}) at step {step}/{steps}; saved {ckpt_path} (step {step}): "
+                    "run the same command with --resume to finish")
+
+
+def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None, resume: bool = False, progress: bool = True,
+        force: bool = False) -> Path:
+    """Train on the good images under data, export the bundle to out, return out.
+
+    SIGINT/SIGTERM stop it between two steps with a checkpoint of that step (train/interrupt.py).
+    force: replace a bundle calibrated on site (its calibration is kept in the new manifest's history).
+    """
+    with StopSignals() as stop:
+        return _fit(Path(data), Path(out), cfg, stop, category=category, resume=resume, progress=progress, force=force)
+
+
+def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category: str | None, resume: bool, progress: bool, force: bool) -> Path:
     folder = train_folder(data, category)
+    work = work_dir_for(out)
+    ckpt_path = work / CKPT_NAME
+    replaced = check_out(out, data, ckpt_path, force=force)  # every refusal before anything is written
     images, _ = load_images(folder, cfg.image_size)  # (N, H, W, C) uint8: C is what the bundle takes
     n, height, width, channels = images.shape
     if n < 2:
@@ -152,8 +200,6 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
         cfg = msgspec.structs.replace(cfg, model=msgspec.structs.replace(cfg.model, in_channels=train_images.shape[3]))
     if height % 16 or width % 16:
         raise UserError(f"images are {width}x{height}; the network needs sides divisible by 16: pass --image-size (e.g. {max(16, round(height / 16) * 16)})")
-    work = work_dir_for(out)
-    ckpt_path = work / CKPT_NAME
     state = load_checkpoint(ckpt_path, cfg) if resume else None
 
     device = pick_device(cfg.device)
@@ -170,13 +216,14 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     net = FilterAE(cfg.model).to(device, memory_format=memory_format)
     ema = copy.deepcopy(net).eval() if cfg.ema_decay else None  # the averaged weights, never trained directly
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, elapsed = 0, 0.0
+    step, elapsed, saved_step = 0, 0.0, None
     if state is not None:
         net.load_state_dict(state["model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
+        saved_step = step
         torch.set_rng_state(state["torch_rng"])
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     per_rank = max(1, cfg.batch_size // world)
@@ -186,15 +233,18 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         print(f"training {count_params(net) / 1e6:.2f} M params on {len(train_idx)} images {width}x{height}x{channels} "
-              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}", flush=True)
+              f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}, "
+              f"torch threads {torch.get_num_threads()}", flush=True)
 
     def checkpoint(at_step: int) -> None:
+        nonlocal saved_step
         if rank == 0:
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
                                         "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
                                         **({"ema": ema.state_dict()} if ema is not None else {}),
                                         "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width,
                                         "input_channels": channels})
+            saved_step = at_step
 
     bar = None
     if progress and rank == 0:
@@ -204,8 +254,9 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     model.train()
     t_last, ema_loss, stopped_early = time.perf_counter(), None, False
     t_start, step_start = t_last, step
+    halted = stopping(stop, world, device)  # a signal while the images loaded
     try:
-        for xin, target, weight in batches:
+        for xin, target, weight in ([] if halted else batches):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             xin, target, weight = (t.to(device, non_blocking=True) for t in (xin, target, weight))  # async from pinned memory
@@ -233,16 +284,22 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
                 if bar is None and rank == 0:  # logs (CI, benchmarks, systemd) get the loss curve instead of a bar
                     eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
                     print(f"step {step}/{cfg.steps} loss {ema_loss:.5f} {rate:.1f} images/s ETA {eta_min:.1f} min", flush=True)
-            if cfg.time_budget_min and step % 10 == 0 and step < cfg.steps and over_budget(elapsed, cfg.time_budget_min, world):
+            if cfg.time_budget_min and step % 10 == 0 and step < cfg.steps and over_budget(elapsed, cfg.time_budget_min, world, device):
                 stopped_early = True
                 checkpoint(step)
                 break
-    except KeyboardInterrupt:
+            if stopping(stop, world, device):
+                halted = True
+                break
+    except KeyboardInterrupt:  # a second signal, mid-step: that step is lost, say what is on disk
         if bar is not None:
             bar.close()
-        raise UserError(f"interrupted at step {step}; the last checkpoint is intact in {ckpt_path}: continue with --resume") from None
+        raise UserError(f"interrupted twice, in step {step + 1}, before it could be saved; {on_disk(ckpt_path, saved_step)}") from None
     if bar is not None:
         bar.close()
+    if halted:
+        interrupted(stop.received or "a signal to another rank", step, cfg.steps, checkpoint if saved_step != step else None,
+                    ckpt_path, saved_step, world)
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
@@ -260,9 +317,31 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
             metrics={"train_loss": float(ema_loss or 0.0), "images_per_s": step * cfg.batch_size / max(elapsed, 1e-9),
                      "stopped_early": float(stopped_early)},
         )
-        export_bundle(graph, out, height=height, width=width, channels=channels, provenance=provenance,
-                      calibration=provisional_calibration(graph, images[hold_idx]))
-        print(f"bundle written to {out} ({step} steps, {elapsed / 60:.1f} min{', stopped at the time budget' if stopped_early else ''})", flush=True)
+        calibration = provisional_calibration(graph, images[hold_idx])
+        try:
+            replaced = check_out(out, data, ckpt_path, force=force)  # again: --out may have changed (or been calibrated) meanwhile
+        except UserError as e:
+            raise UserError(f"{e}; the trained weights are in {ckpt_path}: run again with --resume to export them") from None
+        history, kept_cal = carried_history(replaced, f"fitted for model {replaced.model_id[:12]}, replaced by `ssae train fit --force` {now_iso()}"
+                                            if replaced else "")
+        report_as = f"calibration-report-{replaced.model_id[:12]}.png" if kept_cal is not None else None
+        try:
+            with stop.finishing():
+                _, kept_files = export_bundle(graph, out, height=height, width=width, channels=channels, provenance=provenance,
+                                              calibration=calibration, history=history, report_as=report_as)
+        except UserError as e:  # --out changed while training (checked again at the swap)
+            raise UserError(f"{e}; the trained weights are in {ckpt_path}: run again with --resume to export them") from None
+        print(f"bundle written to {out} ({step} steps, {elapsed / 60:.1f} min{', stopped at the time budget' if stopped_early else ''}); "
+              + (f"its calibration is provisional ({calibration.n_good} held-out images)" if calibration else "it has no calibration (holdout = 0)")
+              + ": calibrate on site with `ssae calibrate fit`", flush=True)
+        if kept_cal is not None:
+            print(f"replaced a bundle calibrated on site: its calibration ({kept_cal.method}, {kept_cal.created or 'undated'}) is kept in the "
+                  f"manifest history{f', its report as {report_as}' if (out / report_as).exists() else ''}; it was fitted for the old model, "
+                  "so calibrate the new one on site", flush=True)
+        if kept_files:
+            print(f"kept {len(kept_files)} file(s) of yours from the old bundle: {', '.join(kept_files[:5])}{' …' if len(kept_files) > 5 else ''}", flush=True)
+        if stop.received is not None:
+            print(f"{stop.received} arrived during the export; the export was finished first", flush=True)
     if world > 1:
         torch.distributed.destroy_process_group()
     return out

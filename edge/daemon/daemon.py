@@ -232,6 +232,8 @@ class Daemon:
             cfg.name, self.bundle_path, m.bundle.model_id[:12], m.backend.name, _describe(m.thresholds), ", ".join(self.publisher.endpoints),
             f"; control on {self.control.endpoints[0]}" if self.control else "",
         )
+        if m.thresholds.origin.startswith("bundle calibration") and "provisional" in m.bundle.manifest.calibration.method:
+            log.warning("the bundle's calibration is provisional (%s): calibrate on site with `ssae calibrate fit` before production", m.bundle.manifest.calibration.source)
         self.sd.ready(f"inspecting {len(self.captures)} camera(s)")  # sockets are bound: subscribers may come
         if cfg.publish.wait_for_subscriber_s > 0:
             self._wait_for_subscriber(cfg.publish.wait_for_subscriber_s)

@@ -100,6 +100,8 @@ def obtain_bundle(opts: DemoOptions, work: Path, train_dir: Path, *, source: str
         budget = f", at most {opts.train_budget_min:g} min" if opts.train_budget_min else ""
         emit(f"[1/5] model: training on {opts.train_images} good parts at {opts.size_px} px ({opts.train_steps} steps{budget}) ...")
         key_file.unlink(missing_ok=True)
+        if bundle.exists():  # the demo's own copy, calibrated or damaged: `train fit` would refuse to replace it
+            shutil.rmtree(bundle)
         seconds = train_bundle(opts, train_dir, bundle, progress)
         key_file.write_text(key)
         return bundle, f"trained here in {seconds / 60:.1f} min"
