@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.client.view.gallery import Gallery
-from edge.client.view.review import MarkRefused, Review
+from edge.client.view.review import MarkRefused, Review, write_new
 from viewpage import header, write_archive
 
 starlette = pytest.importorskip("starlette", reason="the view extra is not installed (pip install 'ssae-inspect[view]')")
@@ -64,6 +64,16 @@ def test_marking_copies_never_moves_and_never_overwrites(archive, tmp_path):
         review.mark(other, "confirmed")
     assert squatter.read_bytes() == b"someone else's file"
     assert not [p for p in (tmp_path / "review").rglob("*.tmp")], "no temp files left behind"
+
+
+def test_write_new_refuses_a_name_taken_between_check_and_write(tmp_path):
+    taken = tmp_path / "x.png"
+    taken.write_bytes(b"first")
+    with pytest.raises(FileExistsError):
+        write_new(taken, b"second")  # the race two browser tabs can run: the link, not the check, decides
+    assert taken.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
+    write_new(tmp_path / "y.png", b"new")
+    assert (tmp_path / "y.png").read_bytes() == b"new"
 
 
 def test_calibrate_and_train_read_the_review_folder_directly(archive, tmp_path):

@@ -8,6 +8,7 @@ so a taken port is a one-line error before anything starts.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import threading
 from collections.abc import Sequence
@@ -93,8 +94,10 @@ class ViewServer:
         return self.stop_event.is_set() or self.server.should_exit
 
     def serve(self) -> None:
-        """Run in the foreground until SIGINT/SIGTERM."""
+        """Run in the foreground until SIGINT (KeyboardInterrupt after a clean stop) or SIGTERM (returns)."""
         self.feed.start()
+        # uvicorn stops on SIGTERM, then re-raises it to the handler it found: make that one a no-op, exit 0.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         try:
             self.server.run(sockets=[self.sock])
         finally:
