@@ -77,3 +77,30 @@ def test_without_the_keys_the_view_hears_nothing_and_says_so(curve):
             time.sleep(0.1)
         snap = first_snapshot(view.url)
         assert snap["heard_any"] is False and snap["daemons"] == []
+
+
+def test_a_live_frame_the_daemon_archived_is_drawn_over_its_camera_image(tmp_path):
+    import cv2
+
+    from viewpage import header, write_archive
+
+    capture_ns = time.time_ns()
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, 16:] = 255
+    write_archive(tmp_path / "archive", [(header(seq=3, capture_ns=capture_ns), mask)])
+    info = MaskInfo(encoding="raw", height_px=32, width_px=32, roi_x=0, roi_y=0, roi_w=96, roi_h=64)
+    with WirePublisher() as pub, ViewServer([pub.endpoint], port=0, archive=tmp_path / "archive", tick_s=0.05) as view:
+        pub.wait_for_subscribers(2)
+        pub.health(0)
+        pub.frame("cam1", 3, verdict="defect", capture_ns=capture_ns, mask=mask.tobytes(), mask_info=info)
+        pub.frame("cam2", 4, verdict="defect", mask=mask.tobytes(), mask_info=info)  # not archived
+        wait_until(lambda: {c["camera"]: c.get("seq") for c in first_snapshot(view.url)["cameras"]} == {"cam1": 3, "cam2": 4},
+                   timeout_s=5, what="both frames in the view")
+        pictures = {}
+        for cam in ("cam1", "cam2"):
+            with urllib.request.urlopen(view.url + f"live/{cam}/overlay.png", timeout=5) as r:
+                pictures[cam] = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+    photo = pictures["cam1"]
+    assert photo.shape == (64, 96, 3), "drawn over the archived 96x64 camera frame"
+    assert abs(int(photo[32, 20, 0]) - 120) <= 2 and photo[32, 70, 2] > 180  # left untouched, right half tinted
+    assert pictures["cam2"].shape == (256, 256, 3), "no archived frame: the model grid, scaled up"

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
+import cv2
 import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -59,12 +60,13 @@ class LiveRenders:
         if live is None:
             return None
         h = live.header
-        image = self.gallery.frame_image(h.camera, h.capture_ns, h.seq) if self.gallery else None
-        key = (live.version, image is not None)
+        photo = self.gallery.frame_path(h.camera, h.capture_ns, h.seq) if self.gallery else None
+        key = (live.version, photo is not None)  # the archive may write the frame just after it was published
         with self._lock:
             hit = self._cache.get(camera)
         if hit is not None and hit[0] == key:
             return hit[1]
+        image = cv2.imread(str(photo), cv2.IMREAD_UNCHANGED) if photo is not None else None
         mask = amap = None
         try:
             amap = wire_map(h.mask, live.mask)

@@ -104,11 +104,12 @@ class Gallery:
         return entry
 
     # --- pictures ---------------------------------------------------------------------------------------
-    def frame_image(self, camera: str, capture_ns: int, seq: int) -> np.ndarray | None:
-        """The archived camera frame of a live frame, when the daemon archived it (and it is whole)."""
+    def frame_path(self, camera: str, capture_ns: int, seq: int) -> Path | None:
+        """The archived camera frame of a live frame, when the daemon archived it (written atomically: whole)."""
         if not CAMERA.match(camera):
             return None
-        return _imread(self.dir / camera / f"{capture_ns:019d}-{seq:09d}.png", cv2.IMREAD_UNCHANGED)
+        path = self.dir / camera / f"{capture_ns:019d}-{seq:09d}.png"
+        return path if path.is_file() else None
 
     def overlay_png(self, e: ArchiveEntry) -> bytes:
         """The daemon's overlay when the archive has one, else the evidence drawn over the archived frame."""

@@ -13,6 +13,7 @@ Fields the wire does not carry yet are read with getattr, so the page uses them 
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import threading
 import time
@@ -130,9 +131,9 @@ class ViewState:
             for name, cam in sorted(self._cameras.items()):
                 daemon, health = owner.get(name, (None, None))
                 cameras.append(self._camera_view(name, cam, daemons.get(daemon), health))
-                new = [list(p[1:]) for p in cam.points if p[0] > cursor]
+                new = list(itertools.takewhile(lambda p: p[0] > cursor, reversed(cam.points)))  # ids rise: newest first
                 if new:
-                    points[name] = new
+                    points[name] = [list(p[1:]) for p in reversed(new)]
             body = {
                 "now_ms": now_ms,
                 "heard_any": bool(self._daemons),
