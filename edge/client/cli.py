@@ -62,4 +62,7 @@ def tap(
 
 
 def register(app: typer.Typer) -> None:
+    from edge.client.view.cli import view  # the command only: the web stack is imported when it runs
+
     app.command("tap")(tap)
+    app.command("view")(view)
