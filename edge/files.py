@@ -32,6 +32,9 @@ def write_new_bytes(path: Path, data: bytes) -> None:
 def _write(path: Path, data: bytes, *, replace: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a manifest or an archive entry must stay readable by the daemon's user and the
+        # operators, as a plain open() would have made it: the replaced file's mode, else 0666 less the umask.
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -50,6 +53,24 @@ def _write(path: Path, data: bytes, *, replace: bool) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask can only be read by changing it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 # Every still-image format OpenCV's imread decodes on every platform: the daemon, training, calibration and

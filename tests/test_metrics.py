@@ -158,3 +158,16 @@ def test_pixel_metrics_without_anomalous_pixels():
     maps = np.random.default_rng(0).random((2, 8, 8), np.float32)
     result = pixel_metrics(maps, np.zeros((2, 8, 8), bool))
     assert result.pixel_auroc is None and result.aupro is None and result.n_regions == 0
+
+
+def test_best_f1_threshold_below_zero_survives_flush_to_zero():
+    """A training process sets torch.set_flush_denormal(True); the 'everything flagged' threshold below a score of
+    0 must not be a denormal that reads as -0.0 there (it then unflagged every zero score)."""
+    torch = pytest.importorskip("torch")
+    scores, labels = np.array([0.0, 0.0, 1.0]), np.array([1, 1, 1], bool)
+    torch.set_flush_denormal(True)
+    try:
+        best = best_f1(scores, labels)
+        assert best.f1 == 1.0 and (scores > best.threshold).all()
+    finally:
+        torch.set_flush_denormal(False)

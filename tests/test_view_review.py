@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.client.view.gallery import Gallery
-from edge.client.view.review import MarkRefused, Review, write_new
+from edge.client.view.review import MarkRefused, Review
+from edge.files import write_new_bytes as write_new
 from viewpage import header, write_archive
 
 starlette = pytest.importorskip("starlette", reason="the view extra is not installed (pip install 'ssae-inspect[view]')")

@@ -91,7 +91,9 @@ def best_f1(scores: np.ndarray, labels: np.ndarray) -> BestF1:
     if ends[best] + 1 < ranked.size:
         threshold = (lowest_flagged + ranked[ends[best] + 1]) / 2
     else:
-        threshold = np.nextafter(lowest_flagged, -np.inf)  # everything flagged
+        # Everything flagged: just below the lowest score. Not nextafter: below 0 that is a denormal, which a
+        # training process (torch.set_flush_denormal) reads as -0.0, and `0 > -0.0` would unflag the zeros.
+        threshold = lowest_flagged - max(np.spacing(abs(lowest_flagged)), np.finfo(np.float64).tiny)
     return BestF1(f1=float(f1[best]), threshold=float(threshold), precision=float(tp[best] / flagged[best]), recall=float(tp[best] / n_pos))
 
 

@@ -17,8 +17,6 @@ keeps its mark (delete the file by hand to change it).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import msgspec
 
 from edge.client.view.gallery import ArchiveEntry
 from edge.errors import UserError
+from edge.files import write_new_bytes
 
 LABELS = ("false_reject", "confirmed")
 
@@ -76,29 +75,11 @@ class Review:
             raise MarkRefused(f"{target} exists and is another image; not overwritten (move it away to mark this frame)")
         record = {"label": label, "marked_ns": time.time_ns(), "archive_entry": e.id, "header": e.raw}
         try:
-            write_new(target, data)
+            write_new_bytes(target, data)
         except FileExistsError:  # marked a moment ago by another browser tab
             raise MarkRefused(f"{target} appeared while marking; not overwritten") from None
         try:
-            write_new(target.with_suffix(".json"), msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n")
+            write_new_bytes(target.with_suffix(".json"), msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n")
         except FileExistsError:
             pass  # a record of an earlier mark of this name stays as it was
         return Marked(label=label, path=str(target))
-
-
-def write_new(path: Path, data: bytes) -> None:
-    """Write a file that must not exist yet, whole or not at all: temp file, fsync, hard link (fails if taken)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # atomic and exclusive: FileExistsError if the name is taken
-    finally:
-        os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -1,4 +1,4 @@
-"""One list of image formats: a folder the daemon reads is a folder training, calibration and the tools read."""
+"""edge/files.py: one list of image formats for every reader, and written files readable as a plain open() makes them."""
 
 from __future__ import annotations
 
@@ -25,3 +25,24 @@ def test_every_reader_takes_the_same_formats(tmp_path, suffix):
     assert paths == want and images.shape[0] == 1
     assert FolderSource(tmp_path, on_skip=lambda path, why: None).files == want
     assert cv2.imread(str(want[0]), cv2.IMREAD_UNCHANGED) is not None  # OpenCV really decodes what the list admits
+
+
+def test_written_files_are_readable_as_a_plain_open_would_make_them(tmp_path):
+    """mkstemp makes 0600 files: a manifest the daemon's user cannot read. New files get 0666 less the umask,
+    a replaced file keeps its mode."""
+    import os
+    import stat
+
+    from edge.files import atomic_write_bytes, write_new_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "manifest.json", b"{}")
+        write_new_bytes(tmp_path / "entry.png", b"png")
+        assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "entry.png").stat().st_mode) == 0o644
+        os.chmod(tmp_path / "manifest.json", 0o640)
+        atomic_write_bytes(tmp_path / "manifest.json", b"{ }")
+        assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
