@@ -19,12 +19,11 @@ pytest.importorskip("asyncua", reason="the OPC UA adapter needs asyncua: pip ins
 from asyncua import Client, ua  # noqa: E402
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
 
-from edge import wire  # noqa: E402
 from edge.adapter.opcua import run_opcua_adapter  # noqa: E402
 from edge.adapter.opcua_certs import create_certificate  # noqa: E402
 from edge.adapter.opcua_config import OpcuaAdapterConfig, load_opcua_config  # noqa: E402
 from edge.errors import UserError  # noqa: E402
-from wirepub import WirePublisher  # noqa: E402
+from wireline import Line  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -32,7 +31,6 @@ SERVER_URI = "urn:ssae:test:inspector"
 CLIENT_URI = "urn:ssae:test:client"
 NS_URI = "urn:ssae:test:inspection"
 PERIOD_S = 0.1  # heartbeat period: 3 missed = 0.3 s
-STREAMING = [wire.CameraHealth(camera="cam1", state="streaming")]
 
 
 def free_port() -> int:
@@ -49,35 +47,6 @@ def wait_for(condition, timeout_s=5.0, what="condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class Line:
-    """The publisher plus a heartbeat thread that tests can pause (one lock: the socket is not thread-safe)."""
-
-    def __init__(self) -> None:
-        self.pub = WirePublisher()
-        self.lock = threading.Lock()
-        self.beating = threading.Event()
-        self.beating.set()
-        self.stop = threading.Event()
-        self.hb_seq = 0
-        self.thread = threading.Thread(target=self._beat, name="test-heartbeats", daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(PERIOD_S):
-            if self.beating.is_set():
-                with self.lock:
-                    self.pub.health(self.hb_seq, period_s=PERIOD_S, cameras=STREAMING)
-                    self.hb_seq += 1
-
-    def frame(self, **kw):
-        with self.lock:
-            return self.pub.frame(**kw)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        self.pub.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +91,14 @@ class Running:
 
 @pytest.fixture(scope="module")
 def secure(certs):
-    line = Line()
+    line = Line(PERIOD_S)
     port = free_port()
     cfg = adapter_config(
-        line.pub.endpoint, port,
+        line.endpoint, port,
         {"policy": "Basic256Sha256", "certificate": str(certs / "server.der"), "private_key": str(certs / "server.pem"), "trusted_clients": str(certs / "trusted")},
     )  # fmt: skip
     adapter = Running(cfg, port)
-    line.pub.wait_for_subscribers(2)
-    line.thread.start()
+    line.start()
     yield line, adapter
     adapter.close()
     line.close()
@@ -156,32 +124,27 @@ async def read(client: Client, *paths: str, status: bool = False):
     return out
 
 
-def poll(url, certs, path, want, timeout_s=5.0):
-    """Read `path` until it equals one of `want` (a fresh session per try keeps the test free of asyncio state)."""
-
-    async def once():
-        async with await secure_client(url, certs) as c:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                (value,) = await read(c, path)
-                if value in want or time.monotonic() > deadline:
-                    return value
-                await asyncio.sleep(0.05)
-
-    value = asyncio.run(once())
-    assert value in want, f"{path} = {value!r}, wanted one of {want}"
+async def until(client: Client, path: str, want: set, timeout_s: float = 5.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (value,) = await read(client, path)
+        if value in want:
+            return value
+        assert time.monotonic() < deadline, f"{path} = {value!r}, wanted one of {want}"
+        await asyncio.sleep(0.02)
 
 
 def test_results_counters_and_state_over_an_encrypted_session(secure, certs):
     line, adapter = secure
-    line.frame(camera="cam1", seq=0, verdict="ok", score=0.1)
-    line.frame(camera="cam1", seq=1, verdict="defect", score=0.9, regions=[{"x": 1, "y": 2, "w": 3, "h": 4, "area_px": 12, "peak_score": 0.95}])
-    last = line.frame(camera="cam1", seq=4, verdict="defect", score=0.7, dropped=1)  # seq 2 and 3: one dropped by the daemon, one lost
-    poll(adapter.url, certs, "Inspector.Cameras.cam1.State", {"error"})
+    p = "Inspector.Cameras.cam1"
+    region = {"x": 1, "y": 2, "w": 3, "h": 4, "area_px": 12, "peak_score": 0.95}
 
     async def check():
         async with await secure_client(adapter.url, certs) as c:
-            p = "Inspector.Cameras.cam1"
+            line.frame(camera="cam1", seq=0, verdict="ok", score=0.1)
+            line.frame(camera="cam1", seq=1, verdict="defect", score=0.9, regions=[region])
+            last = line.frame(camera="cam1", seq=4, verdict="defect", score=0.7, dropped=1)  # seq 2, 3: one dropped by the daemon, one lost
+            await until(c, f"{p}.State", {"error"})
             reason, frames, defects, lost, dropped = await read(c, f"{p}.StateReason", *(f"{p}.Counters.{n}" for n in ("Frames", "Defects", "Lost", "Dropped")))
             assert "1 frame(s) lost" in reason
             assert (frames, defects, lost, dropped) == (3, 2, 1, 1)
@@ -191,20 +154,15 @@ def test_results_counters_and_state_over_an_encrypted_session(secure, certs):
             assert (verdict, score, threshold, seq, model_id, count) == ("defect", pytest.approx(0.7), pytest.approx(0.5), 4, "m" * 64, 0)
             assert json.loads(regions) == []
             assert abs(captured.timestamp() - last.capture_ns / 1e9) < 0.01
-            (inspector_state, daemon) = await read(c, "Inspector.State", "Inspector.Daemon")
+            inspector_state, daemon = await read(c, "Inspector.State", "Inspector.Daemon")
             assert inspector_state == "error" and daemon == "d1"
+            # A clean stream for recover_after_s: back to busy (a frame within idle_after_s) or ready.
+            line.frame(camera="cam1", seq=5, verdict="ok", score=0.2, regions=[region])
+            await until(c, f"{p}.State", {"busy", "ready"})
+            regions, count, verdict = await read(c, f"{p}.Result.Regions", f"{p}.Result.RegionCount", f"{p}.Result.Verdict")
+            assert json.loads(regions) == [region] and count == 1 and verdict == "ok"
 
     asyncio.run(check())
-    # Clean stream for recover_after_s: back to busy (a frame within idle_after_s) or ready.
-    line.frame(camera="cam1", seq=5, verdict="ok", score=0.2, regions=[{"x": 1, "y": 2, "w": 3, "h": 4, "area_px": 12, "peak_score": 0.95}])
-    poll(adapter.url, certs, "Inspector.Cameras.cam1.State", {"busy", "ready"})
-
-    async def check_regions():
-        async with await secure_client(adapter.url, certs) as c:
-            regions, count = await read(c, "Inspector.Cameras.cam1.Result.Regions", "Inspector.Cameras.cam1.Result.RegionCount")
-            assert json.loads(regions) == [{"x": 1, "y": 2, "w": 3, "h": 4, "area_px": 12, "peak_score": 0.95}] and count == 1
-
-    asyncio.run(check_regions())
 
 
 def test_untrusted_anonymous_unsecured_and_writing_clients_are_refused(secure, certs):
@@ -238,29 +196,31 @@ def test_untrusted_anonymous_unsecured_and_writing_clients_are_refused(secure, c
 
 def test_state_goes_unavailable_when_heartbeats_stop(secure, certs):
     line, adapter = secure
-    line.frame(camera="cam1", seq=100, verdict="ok")  # a restart of seq: not loss
-    poll(adapter.url, certs, "Inspector.State", {"busy", "ready"})
-    line.beating.clear()
-    try:
-        poll(adapter.url, certs, "Inspector.State", {"unavailable"}, timeout_s=3)
 
-        async def check():
-            async with await secure_client(adapter.url, certs) as c:
+    async def check():
+        async with await secure_client(adapter.url, certs) as c:
+            line.frame(camera="cam1", seq=6, verdict="ok")  # continues the first test's stream (or starts one)
+            await until(c, "Inspector.State", {"busy", "ready"})
+            line.beating.clear()
+            try:
+                await until(c, "Inspector.State", {"unavailable"}, timeout_s=3)
                 cam, reason, score = await read(c, "Inspector.Cameras.cam1.State", "Inspector.StateReason", "Inspector.Cameras.cam1.Result.Score", status=True)
                 assert cam.Value.Value == "unavailable" and "no heartbeat" in reason.Value.Value
                 assert score.StatusCode.name == "UncertainLastUsableValue"  # the last score, flagged stale
+            finally:
+                line.beating.set()
+            await until(c, "Inspector.State", {"busy", "ready"})
+            (score,) = await read(c, "Inspector.Cameras.cam1.Result.Score", status=True)
+            assert score.StatusCode.is_good()
 
-        asyncio.run(check())
-    finally:
-        line.beating.set()
-    poll(adapter.url, certs, "Inspector.State", {"busy", "ready"})
+    asyncio.run(check())
 
 
 def test_stop_publishes_unavailable_before_closing(tmp_path):
     """Policy "none" with anonymous sessions (a test bench): a subscribed client sees "unavailable" on stop."""
-    line = Line()
+    line = Line(PERIOD_S)
     port = free_port()
-    adapter = Running(adapter_config(line.pub.endpoint, port, {"policy": "none", "allow_anonymous": True}), port)
+    adapter = Running(adapter_config(line.endpoint, port, {"policy": "none", "allow_anonymous": True}), port)
     seen: list[str] = []
 
     class Handler:
@@ -280,8 +240,7 @@ def test_stop_publishes_unavailable_before_closing(tmp_path):
                 await asyncio.sleep(0.05)
 
     try:
-        line.pub.wait_for_subscribers(2)
-        line.thread.start()
+        line.start()
         line.frame(camera="cam1", seq=0)
         try:
             asyncio.run(watch())

@@ -156,8 +156,8 @@ def decode_config(path: str | Path, type: type[T], example: str) -> T:
 def _explain(message: str, example: str = "configs/adapter/modbus.toml") -> str:
     """"Expected `int` >= 0 - at `$.reject.coil`" -> "reject.coil: expected int >= 0"."""
     what, sep, where = message.rpartition(" - at `")
-    if not sep:
-        return message
+    if not sep:  # a top-level problem carries no path
+        what, where = message, "$`"
     field = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
     if m := re.match(r"Object missing required field `(\w+)`", what):
         name = f"{field}.{m[1]}" if field != "(top level)" else m[1]

@@ -142,6 +142,11 @@ class Inspector:
                 self._heartbeat_ok = False
                 self._lost_reason = f"no heartbeat from {daemon or 'the daemon'} for {silent_s:.1f} s"
 
+    @property
+    def daemon(self) -> str:
+        """The daemon's name from its heartbeats; "" before the first one."""
+        return self._health.daemon if self._health else ""
+
     def stopping(self) -> None:
         """The adapter is about to stop: everything it still shows is unavailable."""
         self._stopping = True
@@ -180,13 +185,13 @@ class Inspector:
                     frames=t.frames if t else 0, lost=t.lost if t else 0, dropped=t.dropped if t else 0,
                 )
             )  # fmt: skip
-        worst = max(cameras, key=lambda c: SEVERITY[c.state], default=None)
-        if worst is None:  # no camera configured and none reported
-            state, reason, _ = self._state(_Camera(), None, now_s)
-            if state != "unavailable":
+        state, reason, _ = self._state(_Camera(), None, now_s)
+        if state != "unavailable":  # not the whole inspector down: the worst camera speaks for it
+            worst = max(cameras, key=lambda c: SEVERITY[c.state], default=None)
+            if worst is None:  # no camera configured and none reported
                 state, reason = "error", "the daemon reports no cameras"
-        else:
-            state, reason = worst.state, f"{worst.camera}: {worst.reason}" if worst.reason else ""
+            else:
+                state, reason = worst.state, f"{worst.camera}: {worst.reason}" if worst.reason else ""
         h = self._health
         return InspectorView(
             state=state,
