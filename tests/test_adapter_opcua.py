@@ -19,6 +19,7 @@ pytest.importorskip("asyncua", reason="the OPC UA adapter needs asyncua: pip ins
 from asyncua import Client, ua  # noqa: E402
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
 
+from edge import wire  # noqa: E402
 from edge.adapter.opcua import run_opcua_adapter  # noqa: E402
 from edge.adapter.opcua_certs import create_certificate  # noqa: E402
 from edge.adapter.opcua_config import OpcuaAdapterConfig, load_opcua_config  # noqa: E402
@@ -216,11 +217,13 @@ def test_state_goes_unavailable_when_heartbeats_stop(secure, certs):
     asyncio.run(check())
 
 
-def test_stop_publishes_unavailable_before_closing(tmp_path):
-    """Policy "none" with anonymous sessions (a test bench): a subscribed client sees "unavailable" on stop."""
-    line = Line(PERIOD_S)
+def test_cameras_from_heartbeats_and_unavailable_on_stop():
+    """Policy "none" with anonymous sessions (a test bench), cameras = [] (every camera the daemon reports):
+    nodes appear with the first heartbeat, and a subscribed client sees "unavailable" when the adapter stops."""
+    cameras = [wire.CameraHealth(camera="cam1", state="streaming"), wire.CameraHealth(camera="cam2", state="reconnecting", last_error="rtsp timeout")]
+    line = Line(PERIOD_S, cameras=cameras)
     port = free_port()
-    adapter = Running(adapter_config(line.endpoint, port, {"policy": "none", "allow_anonymous": True}), port)
+    adapter = Running(adapter_config(line.endpoint, port, {"policy": "none", "allow_anonymous": True}, cameras=[]), port)
     seen: list[str] = []
 
     class Handler:
@@ -232,22 +235,25 @@ def test_stop_publishes_unavailable_before_closing(tmp_path):
             ns = await c.get_namespace_index(NS_URI)
             sub = await c.create_subscription(50, Handler())
             await sub.subscribe_data_change(c.get_node(ua.NodeId("Inspector.State", ns)))
+            line.start()
+            await until(c, "Inspector.State", {"error"})
+            reason, cam1 = await read(c, "Inspector.Cameras.cam2.StateReason", "Inspector.Cameras.cam1.State")
+            assert reason == "camera reconnecting: rtsp timeout" and cam1 in ("ready", "busy")
+            (reason,) = await read(c, "Inspector.StateReason")
+            assert reason == "cam2: camera reconnecting: rtsp timeout"
             deadline = time.monotonic() + 5
-            while "busy" not in seen and "ready" not in seen and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            while "error" not in seen and time.monotonic() < deadline:  # the subscription has caught up
+                await asyncio.sleep(0.02)
             adapter.stop.set()
-            while "unavailable" not in seen[1:] and time.monotonic() < deadline + 3:
-                await asyncio.sleep(0.05)
+            while seen[-1:] != ["unavailable"] and time.monotonic() < deadline + 5:
+                await asyncio.sleep(0.02)
 
     try:
-        line.start()
-        line.frame(camera="cam1", seq=0)
         try:
             asyncio.run(watch())
-        except (ua.UaError, OSError, asyncio.CancelledError, ConnectionError):
+        except (ua.UaError, OSError, ConnectionError):
             pass  # the server closing under the client
-        assert "busy" in seen or "ready" in seen, seen
-        assert seen[-1] == "unavailable", seen
+        assert seen[0] == "unavailable" and "error" in seen and seen[-1] == "unavailable", seen
     finally:
         adapter.close()
         line.close()
