@@ -24,13 +24,13 @@ import pytest
 
 pytest.importorskip("paho.mqtt", reason="the MQTT bridge needs paho-mqtt: pip install '.[mqtt]'")
 
-import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.adapter.mqtt import run_mqtt_bridge  # noqa: E402
-from edge.adapter.mqtt_config import MqttBridgeConfig, load_mqtt_config  # noqa: E402
-from edge.errors import UserError  # noqa: E402
-from wireline import Line  # noqa: E402
+from edge.adapter.mqtt import run_mqtt_bridge
+from edge.adapter.mqtt_config import MqttBridgeConfig, load_mqtt_config
+from edge.errors import UserError
+from wireline import Line
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -181,7 +181,7 @@ def test_results_arrive_as_json_with_qos_and_retain(rig):
     sent = line.frame(camera="cam1", seq=2, verdict="defect", score=0.8, regions=[region])  # seq 1 lost on the way
     line.frame(camera="cam1", seq=3, verdict="unknown", score=float("nan"))
     first = listener.next(f"{PREFIX}/cam1/result")
-    topic, body, retain, qos = listener.next(f"{PREFIX}/cam1/result")
+    _, body, retain, _ = listener.next(f"{PREFIX}/cam1/result")
     assert first[1]["seq"] == 0 and first[1]["lost"] == 0 and first[3] == 1  # QoS 1 end to end
     assert (body["seq"], body["verdict"], body["lost"], body["regions"]) == (2, "defect", 1, [region])
     assert body["score"] == pytest.approx(0.8) and body["threshold"] == pytest.approx(0.5)

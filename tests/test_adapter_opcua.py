@@ -16,15 +16,15 @@ import pytest
 
 pytest.importorskip("asyncua", reason="the OPC UA adapter needs asyncua: pip install '.[opcua]'")
 
-from asyncua import Client, ua  # noqa: E402
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
+from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from edge import wire  # noqa: E402
-from edge.adapter.opcua import run_opcua_adapter  # noqa: E402
-from edge.adapter.opcua_certs import create_certificate  # noqa: E402
-from edge.adapter.opcua_config import OpcuaAdapterConfig, load_opcua_config  # noqa: E402
-from edge.errors import UserError  # noqa: E402
-from wireline import Line  # noqa: E402
+from edge import wire
+from edge.adapter.opcua import run_opcua_adapter
+from edge.adapter.opcua_certs import create_certificate
+from edge.adapter.opcua_config import OpcuaAdapterConfig, load_opcua_config
+from edge.errors import UserError
+from wireline import Line
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

@@ -64,6 +64,7 @@ def opcua(
         setup_logging(log_level)
         if log_level.lower() != "debug":
             logging.getLogger("asyncua").setLevel(logging.WARNING)  # asyncua logs every request at INFO
+            logging.getLogger("asyncuagds.validate").setLevel(logging.CRITICAL)  # a traceback per untrusted client; the refusal is logged anyway
         cfg = load_opcua_config(config)
         from edge.adapter.opcua import run_opcua_adapter  # asyncua is imported only by this command
 
