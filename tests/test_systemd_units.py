@@ -12,6 +12,8 @@ import pytest
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 EDGE = UNITS / "ssae-edge@.service"
 ADAPTER = UNITS / "ssae-adapter@.service"
+OPCUA = UNITS / "ssae-adapter-opcua@.service"
+MQTT = UNITS / "ssae-adapter-mqtt@.service"
 
 
 def directives(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -37,7 +39,7 @@ def one(d: dict, section: str, key: str) -> str:
     return values[-1]
 
 
-@pytest.mark.parametrize("unit", [EDGE, ADAPTER], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", [EDGE, ADAPTER, OPCUA, MQTT], ids=lambda p: p.name)
 def test_required_directives(unit):
     d = directives(unit)
     s = "Service"
@@ -68,10 +70,15 @@ def test_daemon_unit_specifics():
     assert '"/var/lib/ssae/archive' in example.read_text()  # a tracked file: missing is a failure too
 
 
-def test_adapter_unit_specifics():
-    d = directives(ADAPTER)
+@pytest.mark.parametrize(
+    "unit, command",
+    [(ADAPTER, "ssae adapter modbus /etc/ssae/adapter/%i.toml"), (OPCUA, "ssae adapter opcua /etc/ssae/adapter/opcua-%i.toml"), (MQTT, "ssae adapter mqtt /etc/ssae/adapter/mqtt-%i.toml")],
+    ids=lambda p: getattr(p, "name", ""),
+)
+def test_adapter_unit_specifics(unit, command):
+    d = directives(unit)
     s = "Service"
-    assert one(d, s, "ExecStart").endswith("ssae adapter modbus /etc/ssae/adapter/%i.toml")
+    assert one(d, s, "ExecStart").endswith(command)
     assert "ReadWritePaths" not in d[s] and "StateDirectory" not in d[s]  # it writes nothing
     assert one(d, s, "PrivateDevices") == "yes"
     assert "BindsTo" not in d["Unit"] and "Requires" not in d["Unit"]  # must outlive the daemon to hold "unavailable"
@@ -86,7 +93,7 @@ def test_systemd_analyze_verify(tmp_path):
     root = tmp_path / "root"
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    for unit in (EDGE, ADAPTER):
+    for unit in (EDGE, ADAPTER, OPCUA, MQTT):
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     ssae = root / "opt/ssae/venv/bin/ssae"
     ssae.parent.mkdir(parents=True)
@@ -96,7 +103,7 @@ def test_systemd_analyze_verify(tmp_path):
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin/kill")
     env = {**os.environ, "SYSTEMD_LOG_LEVEL": "notice"}
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", f"--root={root}", "ssae-edge@line1.service", "ssae-adapter@line1.service"],
+        ["systemd-analyze", "verify", "--man=no", f"--root={root}", "ssae-edge@line1.service", "ssae-adapter@line1.service", "ssae-adapter-opcua@line1.service", "ssae-adapter-mqtt@line1.service"],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     # Unknown keys and bad values are only warnings (exit 0), so any output counts as a failure.

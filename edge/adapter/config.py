@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -22,6 +22,7 @@ from edge.strict import Strict
 Address = Annotated[int, Meta(ge=0, le=65535)]
 Millis = Annotated[float, Meta(ge=0, le=600_000)]
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|ws|wss)://\S+$")
+T = TypeVar("T")
 
 
 class StreamConfig(Strict, kw_only=True):
@@ -137,26 +138,31 @@ def _unique(addresses: dict[str, int], kind: str) -> None:
 
 def load_adapter_config(path: str | Path) -> AdapterConfig:
     """Read and validate the adapter's TOML; failures are UserErrors naming file, field and fix."""
+    return decode_config(path, AdapterConfig, "configs/adapter/modbus.toml")
+
+
+def decode_config(path: str | Path, type: type[T], example: str) -> T:
+    """Any adapter's TOML decoded strictly into `type`; `example` is the file the messages point to."""
     path = Path(path)
-    text = read_config_file(path, "configs/adapter/modbus.toml")
+    text = read_config_file(path, example)
     try:
-        return msgspec.toml.decode(text, type=AdapterConfig)
+        return msgspec.toml.decode(text, type=type)
     except msgspec.ValidationError as e:  # a subclass of DecodeError: catch it first
-        raise UserError(f"{path}: {_explain(str(e))}") from None
+        raise UserError(f"{path}: {_explain(str(e), example)}") from None
     except msgspec.DecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e}); fix that line") from None
 
 
-def _explain(message: str) -> str:
+def _explain(message: str, example: str = "configs/adapter/modbus.toml") -> str:
     """"Expected `int` >= 0 - at `$.reject.coil`" -> "reject.coil: expected int >= 0"."""
     what, sep, where = message.rpartition(" - at `")
-    if not sep:
-        return message
+    if not sep:  # a top-level problem carries no path
+        what, where = message, "$`"
     field = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
     if m := re.match(r"Object missing required field `(\w+)`", what):
         name = f"{field}.{m[1]}" if field != "(top level)" else m[1]
-        return f"{name} is missing; add it (see configs/adapter/modbus.toml)"
+        return f"{name} is missing; add it (see {example})"
     if m := re.match(r"Object contains unknown field `(\w+)`", what):
         name = f"{field}.{m[1]}" if field != "(top level)" else m[1]
-        return f"{name} is not a known key; remove it or fix the spelling (see configs/adapter/modbus.toml)"
+        return f"{name} is not a known key; remove it or fix the spelling (see {example})"
     return f"{field}: {what[0].lower()}{what[1:]}"
