@@ -26,8 +26,10 @@ from edge.manifest import Calibration, Provenance, ScoreStats
 from train.config import TrainConfig
 from train.batches import batch_stream, resolve_workers
 from train.data import channel_stats, load_images, split_holdout, train_folder
-from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
-from train.model import FilterAE, ModelConfig, count_params
+from train.assemble import assemble_graph, build_detector, graph_for, load_weights, weights
+from train.export import InferenceGraph, code_version, export_bundle, now_iso, run_graph
+from train.loss import head_loss, recon_loss
+from train.model import count_params
 
 CKPT_NAME = "ckpt.pt"
 
@@ -166,14 +168,14 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     mean_d, std_d = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    net = FilterAE(cfg.model).to(device, memory_format=memory_format)
+    net = build_detector(cfg).to(device, memory_format=memory_format)  # the filter, and its head if the recipe has one
     ema = copy.deepcopy(net).eval() if cfg.ema_decay else None  # the averaged weights, never trained directly
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed = 0, 0.0
     if state is not None:
-        net.load_state_dict(state["model"])
+        load_weights(net, state, "model", "head")
         if ema is not None:
-            ema.load_state_dict(state["ema"])
+            load_weights(ema, state, "ema", "ema_head")
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
         torch.set_rng_state(state["torch_rng"])
@@ -184,14 +186,15 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
 
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
-        print(f"training {count_params(net) / 1e6:.2f} M params on {len(train_idx)} images {width}x{height}x{channels} "
+        head_m = f" (head {count_params(net.head) / 1e6:.2f} M)" if net.head is not None else ""
+        print(f"training {count_params(net) / 1e6:.2f} M params{head_m} on {len(train_idx)} images {width}x{height}x{channels} "
               f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}", flush=True)
 
     def checkpoint(at_step: int) -> None:
         if rank == 0:
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
-                                        "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                        **({"ema": ema.state_dict()} if ema is not None else {}),
+                                        "elapsed_s": elapsed, **weights(net, "model", "head"), "optimizer": opt.state_dict(),
+                                        **(weights(ema, "ema", "ema_head") if ema is not None else {}),
                                         "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width})
 
     bar = None
@@ -203,14 +206,16 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     t_last, ema_loss, stopped_early = time.perf_counter(), None, False
     t_start, step_start = t_last, step
     try:
-        for xin, target, weight in batches:
+        for xin, target, weight, label in batches:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            xin, target, weight = (t.to(device, non_blocking=True) for t in (xin, target, weight))  # async from pinned memory
+            xin, target, weight, label = (t.to(device, non_blocking=True) for t in (xin, target, weight, label))  # async from pinned memory
             xin = ((xin - mean_d) / std_d).contiguous(memory_format=memory_format)
             target = ((target - mean_d) / std_d).contiguous(memory_format=memory_format)
-            recon = model(xin)
-            loss = (weight * (recon - target) ** 2).mean() / weight.mean()
+            recon, logits = model(xin)
+            loss = recon_loss(recon, target, weight)
+            if logits is not None:
+                loss = loss + cfg.head.loss_weight * head_loss(logits, label, cfg.head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -246,12 +251,10 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     if rank == 0:
         net = ema if ema is not None else net  # what the bundle ships
         net.eval().cpu().to(memory_format=torch.contiguous_format)
-        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width))
         sample = images[np.random.default_rng(cfg.seed).permutation(n)[:128]]
-        row_gain, col_gain = border_gains(raw_error(graph, sample))
-        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), row_gain, col_gain)
+        graph, measured = assemble_graph(net, cfg, mean, std, width, sample)
         final = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        save_checkpoint(ckpt_path, {**final, "row_gain": row_gain, "col_gain": col_gain})  # the file rebuilds the exported graph
+        save_checkpoint(ckpt_path, {**final, **measured})  # the file rebuilds the exported graph
         provenance = Provenance(
             data=str(data), category=category, recipe=cfg.recipe, recipe_config=msgspec.to_builtins(cfg), seed=cfg.seed,
             steps=step, train_seconds=round(elapsed, 1), code_version=code_version(), created=now_iso(),
@@ -266,11 +269,16 @@ def fit(data: Path, out: Path, cfg: TrainConfig, *, category: str | None = None,
     return out
 
 
-def graph_from_checkpoint(path: Path) -> InferenceGraph:
-    """Rebuild the exported chain from a checkpoint alone: the file carries its recipe."""
+def graph_from_checkpoint(path: Path, **head_overrides) -> InferenceGraph:
+    """Rebuild the exported chain from a checkpoint alone: the file carries its recipe.
+
+    head_overrides (e.g. weight=0.5) re-fuse the map without retraining, to measure another mix.
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
     cfg = msgspec.convert(state["config"], type=TrainConfig)
-    net = FilterAE(msgspec.convert(state["config"]["model"], type=ModelConfig))
-    net.load_state_dict(state.get("ema", state["model"]))  # the exported weights: the average when there is one
-    width = state.get("width") or 0
-    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width), state.get("row_gain"), state.get("col_gain"))
+    if head_overrides:
+        cfg = msgspec.structs.replace(cfg, head=msgspec.structs.replace(cfg.head, **head_overrides))
+    net = build_detector(cfg)
+    load_weights(net, state, "ema" if "ema" in state else "model", "ema_head" if "ema" in state else "head")  # the exported weights
+    net.eval()
+    return graph_for(net, cfg, state["mean"], state["std"], state.get("width") or 0, state)
