@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from msgspec import Meta
 
 
-
 class HeadConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     # Widths per level: level 0 runs at 1/2 of the input, each next level halves. Three thin levels add 17%
