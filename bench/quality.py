@@ -1,7 +1,13 @@
-"""Quality benchmark: train the default and the plain recipe per category, evaluate, write BENCHMARKS.md.
+"""Quality benchmark: train the default recipe and its comparisons per category, evaluate, write BENCHMARKS.md.
 
     python bench/quality.py [--bench-script ../shared/benchmarks/texture_bench.py] [--out bench-out/quality]
-                            [--categories brick,grass,gravel,tile] [--recipes default,plain] [--steps N]
+                            [--categories brick,grass,gravel,tile] [--recipes default,residual] [--steps N]
+                            [--real-cells ../shared/benchmarks/real_cells]
+
+"residual" is the seed paper's method (the filter scored by its squared error, no head), the product's
+default before the head: the comparison the default must beat. "plain" and "denoising" are the paper's own
+comparisons. --real-cells adds the real solar-cell images (category `cell`, trained and scored at --size;
+image-level metrics only, the set has no masks).
 
 Generates the dev benchmark (MVTec layout, 128 px) with the team's generator, never modified here, then
 for every category and recipe runs `ssae train fit` and `ssae train eval` as subprocesses (exactly what a
@@ -25,6 +31,7 @@ from bench.benchmarks_md import write_section  # noqa: E402
 from edge.tools.bench import cpu_model  # noqa: E402
 
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+REAL_CELLS = "cell"  # the real solar-cell set's category
 
 
 def run(cmd: list[str]) -> None:
@@ -32,7 +39,7 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int | None, reuse: bool) -> dict:
+def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int | None, reuse: bool, image_size: int | None = None) -> dict:
     result_file = out / f"{category}-{recipe}.json"
     if reuse and result_file.is_file():
         return {**json.loads(result_file.read_text()), "reused": True}
@@ -40,6 +47,8 @@ def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int |
     cmd = [sys.executable, "-m", "ssae", "train", "fit", str(data), "--category", category, "--out", str(bundle), "--recipe", recipe, "--no-progress"]
     if steps:
         cmd += ["--steps", str(steps)]
+    if image_size:
+        cmd += ["--image-size", str(image_size)]
     t0 = time.perf_counter()
     run(cmd)
     train_min = (time.perf_counter() - t0) / 60
@@ -65,15 +74,24 @@ def fit_and_eval(data: Path, out: Path, category: str, recipe: str, steps: int |
     return row
 
 
+def _f(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r[key] is not None]
+    return sum(values) / len(values) if values else None
+
+
 def table(rows: list[dict], recipes: list[str]) -> str:
     lines = ["| category | recipe | image AUROC | pixel AUROC | AUPRO | steps | train min | images/s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['category']} | {r['recipe']} | {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {r['aupro']:.4f} | {r['steps']} | {r['train_min']:.1f} | {r['images_per_s']:.1f} |")
+        lines.append(f"| {r['category']} | {r['recipe']} | {_f(r['image_auroc'])} | {_f(r['pixel_auroc'])} | {_f(r['aupro'])} | {r['steps']} | {r['train_min']:.1f} | {r['images_per_s']:.1f} |")
     for recipe in recipes:
-        sel = [r for r in rows if r["recipe"] == recipe]
+        sel = [r for r in rows if r["recipe"] == recipe and r["category"] != REAL_CELLS]  # means: the textures'
         if sel:
-            mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("image_auroc", "pixel_auroc", "aupro", "train_min", "images_per_s")}
-            lines.append(f"| **mean ({len(sel)})** | {recipe} | **{mean['image_auroc']:.4f}** | **{mean['pixel_auroc']:.4f}** | **{mean['aupro']:.4f}** | | {mean['train_min']:.1f} | {mean['images_per_s']:.1f} |")
+            mean = {k: _mean(sel, k) for k in ("image_auroc", "pixel_auroc", "aupro", "train_min", "images_per_s")}
+            lines.append(f"| **mean ({len(sel)})** | {recipe} | **{_f(mean['image_auroc'])}** | **{_f(mean['pixel_auroc'])}** | **{_f(mean['aupro'])}** | | {mean['train_min']:.1f} | {mean['images_per_s']:.1f} |")
     defects = sorted({d for r in rows for d in r["per_defect"]})
     if defects:
         lines += ["", "Image AUROC per defect type (each type vs all good test images):", "",
@@ -92,10 +110,11 @@ def main() -> None:
     ap.add_argument("--bench-script", type=Path, default=ROOT.parent / "shared" / "benchmarks" / "texture_bench.py")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "quality")
     ap.add_argument("--categories", default="brick,grass,gravel,tile")
-    ap.add_argument("--recipes", default="default,plain")
+    ap.add_argument("--recipes", default="default,residual")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps (default: the recipe's)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs' JSON in --out")
+    ap.add_argument("--real-cells", type=Path, default=None, help="also the real solar-cell set (MVTec layout, category cell) at this path")
     args = ap.parse_args()
     if not args.bench_script.is_file():
         sys.exit(f"error: benchmark generator {args.bench_script} not found; pass --bench-script PATH (it lives in the team's shared/benchmarks)")
@@ -107,11 +126,14 @@ def main() -> None:
     rows = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     # Recipe-major: the default recipe's figures for every category come first.
+    if args.real_cells is not None and not (args.real_cells / "cell" / "train" / "good").is_dir():
+        sys.exit(f"error: --real-cells {args.real_cells} has no cell/train/good; pass the real_cells folder of the team's shared/benchmarks")
+    runs = [(data, c, None) for c in args.categories.split(",")] + ([(args.real_cells, REAL_CELLS, args.size)] if args.real_cells else [])
     for recipe in recipes:
-        for category in args.categories.split(","):
-            rows.append(fit_and_eval(data, args.out, category, recipe, args.steps, args.reuse))
+        for root, category, image_size in runs:
+            rows.append(fit_and_eval(root, args.out, category, recipe, args.steps, args.reuse, image_size))
             header = (f"Command: `python bench/quality.py --categories {args.categories} --recipes {args.recipes}"
-                      f"{f' --steps {args.steps}' if args.steps else ''}` (started {started})  \n"
+                      f"{f' --steps {args.steps}' if args.steps else ''}{f' --real-cells {args.real_cells}' if args.real_cells else ''}` (started {started})  \n"
                       f"Machine: {os.cpu_count()} cores, {cpu_model()}, CPU only, torch {torch_version()}; dataset: texture_bench.py --size {args.size}, seed 0.  \n"
                       "Train min = training time as measured by the loop.\n")
             reused = [f"{r['category']}/{r['recipe']} (finished {r.get('finished', 'in an earlier run')})" for r in rows if r.get("reused")]

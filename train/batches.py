@@ -16,15 +16,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from train.config import TrainConfig
 from train.corrupt import corrupt
+from train.labels import visible_change
 
 
 def make_batch(images: np.ndarray, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
-    """-> (input, target, weight) float32 tensors (B, C, H, W), (B, C, H, W), (B, 1, H, W) in [0, 1] units.
+    """-> (input, target, weight, label) float32 tensors (B, C, H, W), (B, C, H, W), (B, 1, H, W), (B, 1, H, W).
+
+    input and target in [0, 1] units; weight: the filter's loss weight per pixel; label: what the head
+    must find, the corruption's mask softened where it changed little (train/labels.py).
 
     images: the training images only; they are also the pool of foreign texture, so no held-out image
     is ever seen in training (it sets the provisional threshold).
     """
-    xs, ins, alphas = [], [], []
+    xs, ins, alphas, labels = [], [], [], []
     for i in idx:
         x = images[i].astype(np.float32) / 255.0  # (H, W, C)
         if cfg.hflip and rng.random() < 0.5:
@@ -38,6 +42,7 @@ def make_batch(images: np.ndarray, idx: np.ndarray, cfg: TrainConfig, rng: np.ra
         xs.append(x)
         ins.append(xc)
         alphas.append(alpha)
+        labels.append(visible_change(x, xc, alpha, cfg.head.label_tau))
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
     xc = torch.from_numpy(np.stack(ins)).permute(0, 3, 1, 2)
     alpha = torch.from_numpy(np.stack(alphas))[:, None]
@@ -46,7 +51,8 @@ def make_batch(images: np.ndarray, idx: np.ndarray, cfg: TrainConfig, rng: np.ra
     # network must not learn to denoise, only to remove what is not normal); "denoising" does not.
     target = x + noise if cfg.noise_in_target else x
     weight = 1.0 + (cfg.region_weight - 1.0) * (alpha > 0).float()
-    return xc + noise, target, weight
+    label = torch.from_numpy(np.stack(labels))[:, None]
+    return xc + noise, target, weight, label
 
 
 class Batches(Dataset):

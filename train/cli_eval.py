@@ -39,13 +39,19 @@ def format_table(result) -> str:
     return "\n".join(out)
 
 
+def report_paths(json_out: Path) -> tuple[Path, Path]:
+    """Beside the JSON: eval.json -> eval.scores.csv, eval.sheet.png."""
+    stem = json_out.name[: -len(json_out.suffix)] if json_out.suffix else json_out.name
+    return json_out.with_name(f"{stem}.scores.csv"), json_out.with_name(f"{stem}.sheet.png")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
         bundle: Path = typer.Argument(..., help="Bundle folder (model.onnx + manifest.json)."),
         data: Path = typer.Argument(..., help="Dataset root (MVTec-AD layout) or a folder with good/ and defect folders."),
         category: Optional[str] = typer.Option(None, "--category", "-c", help="MVTec-AD category: evaluates DATA/<category>/test."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here, with per-image scores (NAME.scores.csv) and a contact sheet of the worst cases (NAME.sheet.png) beside it."),
         threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime threads (0: all cores)."),
         batch: int = typer.Option(16, "--batch", min=1, help="Images per inference call."),
         record: bool = typer.Option(True, "--record/--no-record", help="Store the metrics in the bundle's manifest (provenance.metrics)."),
@@ -59,10 +65,12 @@ def register(app: typer.Typer) -> None:
 
             if json_out is not None and not json_out.parent.is_dir():
                 raise UserError(f"--json {json_out}: folder {json_out.parent} does not exist; create it or choose another path")
-            result = evaluate_bundle(bundle, data, category, threads=threads, batch=batch, record=record, progress=sys.stderr.isatty())
+            csv_out, sheet_out = report_paths(json_out) if json_out is not None else (None, None)
+            result = evaluate_bundle(bundle, data, category, threads=threads, batch=batch, record=record, progress=sys.stderr.isatty(),
+                                     scores_csv=csv_out, sheet_png=sheet_out)
             print(format_table(result))
             if json_out is not None:
                 atomic_write_bytes(json_out, msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
-                print(f"wrote {json_out}")
+                print(f"wrote {json_out}, {csv_out.name} (per-image scores) and {sheet_out.name} (worst goods and defects with their maps)")
             if record:
                 print(f"recorded eval.* metrics in {bundle / 'manifest.json'}")

@@ -1,7 +1,7 @@
 """The training recipe: every knob of `ssae train fit` in one typed struct, read from TOML.
 
 Defaults here equal configs/train/default.toml, which documents each one with its reason (a test
-keeps the two in step). `--recipe plain|denoising` applies the comparison recipes on top of the
+keeps the two in step). `--recipe residual|plain|denoising` applies the comparison recipes on top of the
 defaults; `--config FILE` then overrides any key. Unknown or ill-typed keys are refused with their path.
 """
 
@@ -15,9 +15,11 @@ from msgspec import Meta
 
 from edge.errors import UserError
 from train.corrupt import CorruptionConfig
+from train.head import HeadConfig
 from train.model import ModelConfig
+from train.residual import ResidualName
 
-RecipeName = Literal["default", "plain", "denoising"]
+RecipeName = Literal["default", "residual", "plain", "denoising"]
 
 
 class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -40,24 +42,38 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     rot90: bool = False
     holdout: Annotated[float, Meta(ge=0, lt=0.5)] = 0.1
     smooth_sigma_px: Annotated[float, Meta(ge=0)] = 0.0  # 0: auto, width / 64 (at least 1 px)
+    residual: ResidualName = "mse"  # the repair's distance from the input (train/residual.py)
     checkpoint_every: Annotated[int, Meta(ge=1)] = 200
     time_budget_min: Annotated[float, Meta(ge=0)] = 19.0  # 0: no budget
     threads: Annotated[int, Meta(ge=0)] = 0  # 0: all cores; waiting threads sleep (train/cli.py): spinning ones collapse beside other work
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU (LOCAL_RANK under torchrun) if torch sees one
     workers: Annotated[int, Meta(ge=-1, le=64)] = -1  # batch-making processes; -1: auto (0 on CPU, up to 8 with a GPU)
     channels_last: bool = True
-    corruption: CorruptionConfig = CorruptionConfig()
+    # The default recipe's corruption adds the near-distribution fills and Poisson blends (train/fills.py)
+    # to the seed paper's (CorruptionConfig's own defaults, which the residual recipe keeps).
+    corruption: CorruptionConfig = CorruptionConfig(fill_near=1.0, poisson=0.3)
     model: ModelConfig = ModelConfig()
+    head: HeadConfig = HeadConfig()
+
+    def __post_init__(self):
+        if self.head.enabled and not self.corruption.enabled:
+            raise msgspec.ValidationError("head.enabled = true needs corruption.enabled = true (the head learns the corruption's "
+                                          "mask); set [head] enabled = false, or enable the corruption")
 
     def sigma_px(self, width: int) -> float:
         return self.smooth_sigma_px or max(1.0, width / 64)
 
 
-# The paper's comparison recipes: same network and schedule, only the self-supervision differs.
+# The comparison recipes: same network and schedule. "residual" is the seed paper's method (the filter scored
+# by its squared error, the paper's corruption, no head); "plain" and "denoising" change its self-supervision.
+_NO_HEAD = {"head": {"enabled": False}}
+_PAPER_CORRUPTION = {"fill_near": 0.0, "poisson": 0.0}
 RECIPES: dict[str, dict] = {
     "default": {},
-    "plain": {"recipe": "plain", "corruption": {"enabled": False}, "noise_std": 0.0, "region_weight": 1.0},
-    "denoising": {"recipe": "denoising", "corruption": {"enabled": False}, "noise_std": 0.1, "noise_in_target": False, "region_weight": 1.0},
+    "residual": {"recipe": "residual", **_NO_HEAD, "corruption": _PAPER_CORRUPTION},
+    "plain": {"recipe": "plain", **_NO_HEAD, "corruption": {"enabled": False, **_PAPER_CORRUPTION}, "noise_std": 0.0, "region_weight": 1.0},
+    "denoising": {"recipe": "denoising", **_NO_HEAD, "corruption": {"enabled": False, **_PAPER_CORRUPTION}, "noise_std": 0.1,
+                  "noise_in_target": False, "region_weight": 1.0},
 }
 
 

@@ -18,6 +18,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from train.fills import near_fill, poisson_blend
+
 Prob = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
@@ -38,6 +40,10 @@ class CorruptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     fill_noise: Annotated[float, Meta(ge=0)] = 0.6  # procedural coloured noise
     fill_patch: Annotated[float, Meta(ge=0)] = 1.0  # shifted / rotated / scaled patch of the same image
     fill_flat: Annotated[float, Meta(ge=0)] = 0.5  # flat colour
+    # Near-distribution corruption (train/fills.py). Off here, i.e. in the seed paper's corruption; the default
+    # recipe turns both on (train/config.py), so that its head learns "different from here".
+    fill_near: Annotated[float, Meta(ge=0)] = 0.0  # another good image, rotated and visibly rescaled
+    poisson: Prob = 0.0  # share of fills blended in the gradient domain (no seam to give them away)
     # Share of fills on colour images recoloured into the image's own hue (only brightness differs), so
     # that colour alone is never the tell. Gray images (equal channels) always get gray fills: a coloured
     # fill on a gray part teaches "remove colour", which no real defect on that part will show.
@@ -50,7 +56,7 @@ class CorruptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             raise msgspec.ValidationError(f"opacity_min {self.opacity_min} > opacity_max {self.opacity_max}; make opacity_min the smaller")
         if self.shape_polygon + self.shape_blob + self.shape_stroke <= 0:
             raise msgspec.ValidationError("all shape_* weights are 0; give at least one a positive weight")
-        if self.fill_texture + self.fill_noise + self.fill_patch + self.fill_flat <= 0:
+        if self.fill_texture + self.fill_noise + self.fill_patch + self.fill_flat + self.fill_near <= 0:
             raise msgspec.ValidationError("all fill_* weights are 0; give at least one a positive weight")
 
 
@@ -96,10 +102,13 @@ def shape_mask(h: int, w: int, cfg: CorruptionConfig, rng: np.random.Generator) 
 def fill_for(img: np.ndarray, pool: np.ndarray | None, cfg: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
     """What the region is replaced by: float32 (H, W, C) in [0, 1]."""
     h, w, c = img.shape
-    weights = (cfg.fill_texture if pool is not None and len(pool) else 0.0, cfg.fill_noise, cfg.fill_patch, cfg.fill_flat)
+    # "near" last: with its weight 0 the draw (one uniform against the cumulative weights) is the same as without it.
+    weights = (cfg.fill_texture if pool is not None and len(pool) else 0.0, cfg.fill_noise, cfg.fill_patch, cfg.fill_flat, cfg.fill_near)
     if sum(weights) == 0:  # only texture was allowed and there is no pool
-        weights = (0.0, 1.0, 0.0, 0.0)
-    kind = _pick(rng, ("texture", "noise", "patch", "flat"), weights)
+        weights = (0.0, 1.0, 0.0, 0.0, 0.0)
+    kind = _pick(rng, ("texture", "noise", "patch", "flat", "near"), weights)
+    if kind == "near":
+        return near_fill(img, pool, rng)
     if kind == "texture":
         other = pool[rng.integers(len(pool))].astype(np.float32) / 255.0
         other = np.rot90(other, int(rng.integers(4)))
@@ -164,6 +173,8 @@ def corrupt(img: np.ndarray, pool: np.ndarray | None, cfg: CorruptionConfig, rng
         fill = fill_for(img, pool, cfg, rng)
         if gray or rng.random() < cfg.own_colour:
             fill = in_own_colour(fill, img)
+        if cfg.poisson and rng.random() < cfg.poisson:  # no draw at 0: the residual recipe's stream is unchanged
+            fill = poisson_blend(np.clip(fill, 0, 1), out, region, rng)
         out = out * (1 - a[..., None]) + np.clip(fill, 0, 1) * a[..., None]
         alpha = np.maximum(alpha, a)
     return out.astype(np.float32), alpha

@@ -22,6 +22,7 @@ from edge.errors import UserError
 from edge.manifest import BundleError, read_manifest, write_manifest
 from edge.preprocess import FrameError, fit_frame
 from train.metrics import auroc, best_f1, pixel_metrics
+from train.report import write_contact_sheet, write_scores_csv
 from train.testset import GOOD, EvalSplit, find_testset, read_image, read_mask
 
 OVERALL = "overall"
@@ -136,6 +137,11 @@ def metrics_for(scored: Scored, select: np.ndarray, name: str) -> DefectMetrics:
 def evaluate(bundle: Bundle, split: EvalSplit, *, threads: int = 0, batch: int = 16, progress: bool = False) -> EvalResult:
     t0 = time.perf_counter()
     scored = score_split(bundle, split, threads=threads, batch=batch, progress=progress)
+    return summarise(bundle, split, scored, t0)
+
+
+def summarise(bundle: Bundle, split: EvalSplit, scored: Scored, t0: float) -> EvalResult:
+    """The metrics of a scored split; t0: perf_counter() when the evaluation started."""
     good = scored.defects == GOOD
     per_defect = tuple(metrics_for(scored, good | (scored.defects == d), d) for d in split.defect_types)
     overall = metrics_for(scored, np.ones_like(good), OVERALL)
@@ -187,14 +193,25 @@ def evaluate_bundle(
     batch: int = 16,
     record: bool = True,
     progress: bool = False,
+    scores_csv: Path | None = None,
+    sheet_png: Path | None = None,
 ) -> EvalResult:
     """Load and verify the bundle, find the test split, score it, compute the metrics and (by default)
-    record them in the bundle's manifest. Raises UserError / BundleError with one-line messages."""
+    record them in the bundle's manifest. Raises UserError / BundleError with one-line messages.
+
+    scores_csv / sheet_png: also write the per-image scores and the contact sheet of the worst cases there
+    (train/report.py)."""
     if batch < 1:
         raise UserError(f"batch {batch} is below 1; pass 1 or more")
     bundle = load_bundle(bundle_path)
     split = find_testset(data_root, category)
-    result = evaluate(bundle, split, threads=threads, batch=batch, progress=progress)
+    t0 = time.perf_counter()
+    scored = score_split(bundle, split, threads=threads, batch=batch, progress=progress)
+    result = summarise(bundle, split, scored, t0)
+    if scores_csv is not None:
+        write_scores_csv(Path(scores_csv), split, scored.scores, scored.maps, scored.masks, result.overall.best_f1_threshold)
+    if sheet_png is not None:
+        write_contact_sheet(Path(sheet_png), split, bundle.manifest.input, scored.scores, scored.maps, scored.masks)
     if record:
         record_metrics(bundle_path, result)
     return result

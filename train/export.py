@@ -1,8 +1,9 @@
 """Export a trained network as a bundle: the whole chain frames -> (anomaly map, score) in one ONNX graph.
 
-Pre-processing (uint8 NHWC -> normalised float NCHW) and post-processing (channel-mean squared error,
-Gaussian smoothing, max) live inside the graph, so every backend takes raw frames and no backend can
-drift from training. The same module is what evaluation and the tests compare ONNX Runtime against.
+Pre-processing (uint8 NHWC -> normalised float NCHW) and post-processing (the residual, fused with the
+head's probability when the recipe has a head, Gaussian smoothing, max) live inside the graph, so every
+backend takes raw frames and no backend can drift from training. The same module is what evaluation and
+the tests compare ONNX Runtime against.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from edge.manifest import (
 )
 from edge.files import sha256_file
 from train.out_folder import sibling_dir, swap_in
+from train.residual import prewitt_kernel, residual_map
 
 OPSET = 17
 
@@ -47,14 +49,25 @@ def gaussian_kernel(sigma_px: float) -> torch.Tensor:
 class InferenceGraph(nn.Module):
     """frames uint8 (N, H, W, C) -> anomaly_map float32 (N, H, W), score float32 (N,).
 
+    residual: "mse" or "msgms" (train/residual.py). With a head (train/head.py), the map before smoothing is
+    head_weight * p + (1 - head_weight) * residual / residual_ref: the head's probability beside the
+    residual in units of its typical maximum on good images (residual_ref), so the weight means a share.
     C is input_channels (default: the net's, len(mean)); input_channels = 1 with a 3-channel net copies a
     gray frame into three equal channels, as the net was trained (train/data.py: training_view).
     """
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float], smooth_sigma_px: float,
-                 row_gain: list[float] | None = None, col_gain: list[float] | None = None, input_channels: int | None = None):
+                 row_gain: list[float] | None = None, col_gain: list[float] | None = None, *,
+                 residual: str = "mse", head: nn.Module | None = None, head_weight: float = 1.0, residual_ref: float = 1.0,
+                 input_channels: int | None = None):
         super().__init__()
         self.net = net
+        self.head = head
+        self.residual = residual
+        self.head_weight = float(head_weight)
+        self.residual_ref = float(residual_ref)
+        if residual == "msgms":
+            self.register_buffer("gms_kernel", prewitt_kernel())
         c = len(mean)
         self.input_channels = input_channels or c
         if self.input_channels not in (1, c):
@@ -79,11 +92,17 @@ class InferenceGraph(nn.Module):
             x01 = torch.cat([x01] * self.mean.shape[1], dim=1)  # gray frame -> the net's equal channels (a plain Concat in ONNX)
         return x01, (x01 - self.mean) / self.std
 
-    def error_map(self, x01: torch.Tensor, recon_norm: torch.Tensor) -> torch.Tensor:
+    def residual_of(self, x01: torch.Tensor, recon_norm: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) >= 0, unsmoothed, uncorrected: mse in [0,1]^2 units, or msgms in [0, 1]."""
         recon01 = recon_norm * self.std + self.mean
-        err = ((recon01 - x01) ** 2).mean(dim=1, keepdim=True)  # (N, 1, H, W), in [0,1]^2 units
+        return residual_map(self.residual, x01, recon01, getattr(self, "gms_kernel", None))
+
+    def error_map(self, x01: torch.Tensor, recon_norm: torch.Tensor, prob: torch.Tensor | None = None) -> torch.Tensor:
+        err = self.residual_of(x01, recon_norm)  # (N, 1, H, W)
         if self.row_gain.numel():
             err = err / (self.row_gain * self.col_gain)
+        if prob is not None:  # (N, 1, H, W) in [0, 1]: fused before the (linear) smoothing, so one pass smooths both
+            err = prob if self.head_weight >= 1 else self.head_weight * prob + (1 - self.head_weight) / self.residual_ref * err
         r = self.radius
         # Reflect padding needs the pad smaller than the side; replicate works for any size.
         err = F.conv2d(F.pad(err, (r, r, 0, 0), mode="replicate"), self.kx)
@@ -92,20 +111,21 @@ class InferenceGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor):
         x01, x = self.normalise(frames)
-        amap = self.error_map(x01, self.net(x))
+        recon = self.net(x)
+        prob = torch.sigmoid(self.head(x, recon)) if self.head is not None else None
+        amap = self.error_map(x01, recon, prob)
         score = amap.flatten(1).amax(dim=1)  # (N,)
         return amap, score
 
 
 def raw_error(graph: InferenceGraph, frames: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Unsmoothed, uncorrected channel-mean squared error, float32 (N, H, W)."""
+    """Unsmoothed, uncorrected residual (the graph's kind), float32 (N, H, W)."""
     out = []
     graph = graph.eval()
     with torch.no_grad():
         for i in range(0, len(frames), batch):
             x01, x = graph.normalise(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])))
-            recon01 = graph.net(x) * graph.std + graph.mean
-            out.append(((recon01 - x01) ** 2).mean(dim=1).numpy())
+            out.append(graph.residual_of(x01, graph.net(x))[:, 0].numpy())
     return np.concatenate(out)
 
 

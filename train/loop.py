@@ -27,9 +27,11 @@ from edge.manifest import Calibration, Provenance, ScoreStats
 from train.batches import batch_stream, resolve_workers
 from train.config import TrainConfig
 from train.data import channel_stats, load_images, split_holdout, train_folder, training_view
-from train.export import InferenceGraph, border_gains, code_version, export_bundle, now_iso, raw_error, run_graph
+from train.assemble import assemble_graph, build_detector, graph_for, load_weights, weights
+from train.export import InferenceGraph, code_version, export_bundle, now_iso, run_graph
 from train.interrupt import StopSignals
-from train.model import FilterAE, ModelConfig, count_params
+from train.loss import head_loss, recon_loss
+from train.model import count_params
 from train.out_folder import PROVISIONAL_SOURCE, carried_history, check_out
 
 CKPT_NAME = "ckpt.pt"
@@ -213,14 +215,14 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
     mean_d, std_d = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    net = FilterAE(cfg.model).to(device, memory_format=memory_format)
+    net = build_detector(cfg).to(device, memory_format=memory_format)  # the filter, and its head if the recipe has one
     ema = copy.deepcopy(net).eval() if cfg.ema_decay else None  # the averaged weights, never trained directly
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed, saved_step = 0, 0.0, None
     if state is not None:
-        net.load_state_dict(state["model"])
+        load_weights(net, state, "model", "head")
         if ema is not None:
-            ema.load_state_dict(state["ema"])
+            load_weights(ema, state, "ema", "ema_head")
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
         saved_step = step
@@ -232,7 +234,8 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
 
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
-        print(f"training {count_params(net) / 1e6:.2f} M params on {len(train_idx)} images {width}x{height}x{channels} "
+        head_m = f" (head {count_params(net.head) / 1e6:.2f} M)" if net.head is not None else ""
+        print(f"training {count_params(net) / 1e6:.2f} M params{head_m} on {len(train_idx)} images {width}x{height}x{channels} "
               f"(holdout {len(hold_idx)}), recipe {cfg.recipe}, {cfg.steps} steps x {cfg.batch_size}, ranks {world}, on {device}, batch workers {workers}, "
               f"torch threads {torch.get_num_threads()}", flush=True)
 
@@ -240,8 +243,8 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
         nonlocal saved_step
         if rank == 0:
             save_checkpoint(ckpt_path, {"comparable": comparable(cfg), "config": msgspec.to_builtins(cfg), "step": at_step,
-                                        "elapsed_s": elapsed, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                        **({"ema": ema.state_dict()} if ema is not None else {}),
+                                        "elapsed_s": elapsed, **weights(net, "model", "head"), "optimizer": opt.state_dict(),
+                                        **(weights(ema, "ema", "ema_head") if ema is not None else {}),
                                         "torch_rng": torch.get_rng_state(), "mean": mean, "std": std, "width": width,
                                         "input_channels": channels})
             saved_step = at_step
@@ -256,14 +259,16 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
     t_start, step_start = t_last, step
     halted = stopping(stop, world, device)  # a signal while the images loaded
     try:
-        for xin, target, weight in ([] if halted else batches):
+        for xin, target, weight, label in ([] if halted else batches):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            xin, target, weight = (t.to(device, non_blocking=True) for t in (xin, target, weight))  # async from pinned memory
+            xin, target, weight, label = (t.to(device, non_blocking=True) for t in (xin, target, weight, label))  # async from pinned memory
             xin = ((xin - mean_d) / std_d).contiguous(memory_format=memory_format)
             target = ((target - mean_d) / std_d).contiguous(memory_format=memory_format)
-            recon = model(xin)
-            loss = (weight * (recon - target) ** 2).mean() / weight.mean()
+            recon, logits = model(xin)
+            loss = recon_loss(recon, target, weight)
+            if logits is not None:
+                loss = loss + cfg.head.loss_weight * head_loss(logits, label, cfg.head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -305,12 +310,10 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
     if rank == 0:
         net = ema if ema is not None else net  # what the bundle ships
         net.eval().cpu().to(memory_format=torch.contiguous_format)
-        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), input_channels=channels)
         sample = images[np.random.default_rng(cfg.seed).permutation(n)[:128]]
-        row_gain, col_gain = border_gains(raw_error(graph, sample))
-        graph = InferenceGraph(net, mean, std, cfg.sigma_px(width), row_gain, col_gain, input_channels=channels)
+        graph, measured = assemble_graph(net, cfg, mean, std, width, sample, input_channels=channels)
         final = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        save_checkpoint(ckpt_path, {**final, "row_gain": row_gain, "col_gain": col_gain})  # the file rebuilds the exported graph
+        save_checkpoint(ckpt_path, {**final, **measured})  # the file rebuilds the exported graph
         provenance = Provenance(
             data=str(data), category=category, recipe=cfg.recipe, recipe_config=msgspec.to_builtins(cfg), seed=cfg.seed,
             steps=step, train_seconds=round(elapsed, 1), code_version=code_version(), created=now_iso(),
@@ -347,12 +350,16 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
     return out
 
 
-def graph_from_checkpoint(path: Path) -> InferenceGraph:
-    """Rebuild the exported chain from a checkpoint alone: the file carries its recipe."""
+def graph_from_checkpoint(path: Path, **head_overrides) -> InferenceGraph:
+    """Rebuild the exported chain from a checkpoint alone: the file carries its recipe.
+
+    head_overrides (e.g. weight=0.5) re-fuse the map without retraining, to measure another mix.
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
     cfg = msgspec.convert(state["config"], type=TrainConfig)
-    net = FilterAE(msgspec.convert(state["config"]["model"], type=ModelConfig))
-    net.load_state_dict(state.get("ema", state["model"]))  # the exported weights: the average when there is one
-    width = state.get("width") or 0
-    return InferenceGraph(net.eval(), state["mean"], state["std"], cfg.sigma_px(width), state.get("row_gain"), state.get("col_gain"),
-                          input_channels=state.get("input_channels"))  # absent in older checkpoints: the net's channels
+    if head_overrides:
+        cfg = msgspec.structs.replace(cfg, head=msgspec.structs.replace(cfg.head, **head_overrides))
+    net = build_detector(cfg)
+    load_weights(net, state, "ema" if "ema" in state else "model", "ema_head" if "ema" in state else "head")  # the exported weights
+    net.eval()
+    return graph_for(net, cfg, state["mean"], state["std"], state.get("width") or 0, state)  # state carries input_channels
