@@ -36,7 +36,7 @@ def apply_calibration(bundle_dir: Path, control: str, *, thresholds_only: bool =
             f"the daemon at {control} runs model {status.model_id[:12]}…, {bundle_dir} is model {manifest.model_id[:12]}…; "
             "its thresholds would mean nothing there: deploy the bundle (Reload with its path) or calibrate the daemon's bundle"
         )
-    request = ApplyThresholds(image_threshold=cal.image_threshold, pixel_threshold=cal.pixel_threshold) if thresholds_only else Reload()
+    request = ApplyThresholds(image_threshold=cal.image_threshold, pixel_threshold=cal.pixel_threshold, review_threshold=cal.review_threshold) if thresholds_only else Reload()
     reply = _ask(control, request, timeout_s, configure)
     if not reply.ok:
         raise UserError(f"the daemon at {control} refused: {reply.message}")

@@ -26,6 +26,10 @@ ConfidenceOpt = Annotated[
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write a calibration that is refused (too few samples, defects scoring low, odd images, a live stream with too many frames judged defect); the reasons go into its note.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help=f"Where to save the report PNG (default: BUNDLE/{REPORT_NAME}).")]
+ReviewOpt = Annotated[
+    float | None,
+    typer.Option("--review-factor", min=0.01, max=0.99, help="Add an uncertain band: scores above FACTOR x the image threshold (and at or below it) are judged 'review' (e.g. 0.8)."),
+]
 ClientKeyOpt = Annotated[Path | None, typer.Option("--client-key", help="CURVE: this client's NAME.key_secret (from `ssae edge keys`).")]
 ServerKeyOpt = Annotated[Path | None, typer.Option("--server-key", help="CURVE: the daemon's public NAME.key.")]
 
@@ -65,6 +69,7 @@ def fit(
     threads: Annotated[int, typer.Option("--threads", min=0, help="Inference threads (0: all cores).")] = 0,
     batch: Annotated[int, typer.Option("--batch", min=1, max=256, help="Images per inference batch.")] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    review_factor: ReviewOpt = None,
 ) -> None:
     """Score sample folders with the bundle, choose thresholds, write them into the manifest and save a report."""
     with known_errors():
@@ -75,7 +80,7 @@ def fit(
             raise UserError(f"--rule {rule!r} is unknown; use frr or best-f1")
         options = FitOptions(
             target_false_reject=target_false_reject, confidence=confidence, rule=rule, force=force,
-            crop=_parse_crop(crop), backend=backend, threads=threads, batch=batch, progress=not quiet,
+            crop=_parse_crop(crop), backend=backend, threads=threads, batch=batch, progress=not quiet, review_factor=review_factor,
         )
         result, model_id = fit_folders(bundle, good, defect or [], masks, options)
         _write(bundle, report, result, model_id, title=f"Calibration of {bundle.name} (model {model_id[:12]})")
@@ -122,6 +127,8 @@ def _write(bundle: Path, report: Path | None, result, model_id: str, *, title: s
     except OSError as e:  # disk full, read-only bundle: the atomic write left the old manifest as it was
         raise UserError(f"cannot write {bundle / 'manifest.json'} ({e}); the previous calibration is intact") from None
     _print_result(result.calibration, result.image_detail, result.pixel_detail)
+    if result.review_detail:
+        print(result.review_detail)
     print(f"\nwrote the calibration into {bundle / 'manifest.json'} ({len(manifest.history)} earlier in history); report: {report_path}")
 
 
@@ -162,6 +169,7 @@ def live(
     client_key: ClientKeyOpt = None,
     server_key: ServerKeyOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    review_factor: ReviewOpt = None,
 ) -> None:
     """Gather scores of known-good production from a running daemon and fit them by the good-only rule."""
     with known_errors():
@@ -169,7 +177,7 @@ def live(
         from calibrate.fit import FitOptions
         from calibrate.live import fit_live
 
-        options = FitOptions(target_false_reject=target_false_reject, confidence=confidence, force=force, progress=not quiet)
+        options = FitOptions(target_false_reject=target_false_reject, confidence=confidence, force=force, progress=not quiet, review_factor=review_factor)
         from edge.security import curve_client_from_files
 
         configure = curve_client_from_files(client_key, server_key)

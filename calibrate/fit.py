@@ -42,6 +42,7 @@ class FitOptions(msgspec.Struct, frozen=True, kw_only=True):
     threads: int = 0
     batch: int = 8
     progress: bool = True
+    review_factor: float | None = None  # uncertain band: review threshold = factor x image threshold (0 < factor < 1)
 
 
 class PixelChoice(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +58,7 @@ class FitResult(msgspec.Struct, frozen=True, kw_only=True):
     image_detail: str  # how the image threshold was reached
     pixel_detail: str
     warnings: list[str] = []  # refusals overridden by force, skipped or odd images
+    review_detail: str = ""  # the uncertain band and what falls in it; "" without one
 
 
 def decide(
@@ -113,6 +115,7 @@ def decide(
         for name, ev in by_type.items()
         if esc is not None and esc.events * 2 <= esc.trials and ev.events * 2 > ev.trials  # the total alone would not alarm
     ]
+    review, review_detail = _review_band(good, defect, max(0.0, t), options.review_factor)
     all_warnings = [*warnings, *hidden, *(f"forced: {w}" for w in problems)]
     calibration = Calibration(
         image_threshold=max(0.0, t),
@@ -126,15 +129,32 @@ def decide(
         expected_escape=None if esc is None else esc.rate,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         source=source,
-        note=" | ".join([choice.detail, f"pixel: {pixel_detail}", *all_warnings]),
+        note=" | ".join([choice.detail, f"pixel: {pixel_detail}", *([review_detail] if review_detail else []), *all_warnings]),
         confidence=c,
         false_reject=fr,
         escape=esc,
         auroc=area,
         pixel_method=pixel.method,
         escape_by_type=by_type,
+        review_threshold=review,
     )
-    return FitResult(calibration=calibration, good=good, defect=defect, image_detail=choice.detail, pixel_detail=pixel_detail, warnings=all_warnings)
+    return FitResult(calibration=calibration, good=good, defect=defect, image_detail=choice.detail, pixel_detail=pixel_detail, warnings=all_warnings, review_detail=review_detail)
+
+
+def _review_band(good: np.ndarray, defect: np.ndarray | None, t: float, factor: float | None) -> tuple[float | None, str]:
+    """The uncertain band's lower threshold, factor x t, and what falls in it (review_threshold < score <= t)."""
+    if factor is None:
+        return None, ""
+    if not 0 < factor < 1:
+        raise UserError(f"--review-factor {factor:g} must lie between 0 and 1 (the band lies below the image threshold), e.g. 0.8")
+    review = factor * t
+    if not review < t:  # t == 0: no room below it
+        return None, f"review band: none, the image threshold {t:.4g} leaves no room below it"
+    in_band = lambda s: int(((s > review) & (s <= t)).sum())  # noqa: E731
+    detail = f"review band: {factor:g} x image threshold = {review:.4g}; {in_band(good)} of {good.size} good samples fall in it"
+    if defect is not None:
+        detail += f", {in_band(defect)} of {defect.size} defects (verdict review instead of passing)"
+    return review, detail
 
 
 def _image_choice(good: np.ndarray, defect: np.ndarray | None, options: FitOptions, problems: list[str]) -> tuple[rules.Choice | None, str]:

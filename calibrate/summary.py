@@ -12,6 +12,8 @@ def summary_rows(cal: Calibration) -> list[tuple[str, str, str]]:
         ("image threshold", f"{cal.image_threshold:.6g}", f"{cal.method}" + (f", target false-reject {_pct(cal.target_false_reject)}" if cal.target_false_reject is not None else "")),
         ("pixel threshold", f"{cal.pixel_threshold:.6g}", cal.pixel_method or ""),
     ]
+    if cal.review_threshold is not None:
+        rows.append(("review threshold", f"{cal.review_threshold:.6g}", f"uncertain band: {cal.review_threshold:.4g} < score <= {cal.image_threshold:.4g} is judged review"))
     if cal.false_reject is not None:
         planned = _planned(cal.expected_false_reject)
         if "tail-extrapolation" in cal.method:

@@ -86,6 +86,15 @@ class Calibration(Strict, kw_only=True):
     auroc: float | None = None  # image AUROC of good vs labelled defects
     pixel_method: str = ""  # "mask-best-f1", "good-pixel-quantile", "kept", ...
     escape_by_type: dict[str, RateEvidence] = {}  # labelled defects passed, per defect type (subfolder name)
+    # An uncertain band (None = none): review_threshold < score <= image_threshold -> verdict "review".
+    review_threshold: Annotated[float, Meta(ge=0)] | None = None
+
+    def __post_init__(self):
+        if self.review_threshold is not None and not self.review_threshold < self.image_threshold:
+            raise ValueError(
+                f"calibration.review_threshold = {self.review_threshold} is not below image_threshold = {self.image_threshold}; "
+                "the band lies under the threshold: refit it (`ssae calibrate fit --review-factor`) or remove it"
+            )
 
 
 class Provenance(Strict, kw_only=True):

@@ -4,8 +4,14 @@ ZeroMQ PUB, multipart messages, msgpack bodies. The README's "Wire format" secti
 language-neutral description of exactly these structs; keep both in step and bump
 SCHEMA_VERSION for any change a subscriber must know about.
 
-    frame.<camera>   [topic, FrameHeader (msgpack map), mask bytes (empty when encoding == "none")]
+    frame.<camera>   [topic, FrameHeader (msgpack map), mask bytes (empty when encoding == "none")
+                      (, map bytes: only when header.map.encoding != "none", publish.mask_kind = "both")]
     health.<daemon>  [topic, Health (msgpack map)]
+
+Schema 2 added, all with defaults at the end: the verdict "review" (between the two thresholds of an
+uncertain band) and `FrameHeader.review_threshold`; `MaskInfo.kind` / `map_scale` / `map_offset` (an
+8-bit quantised anomaly map instead of the binary mask) and `FrameHeader.map` (that map as a fourth part,
+beside the mask); `CameraHealth.drift` / `drift_state` (good-part scores against the calibration).
 
 Every body is a msgpack map with a "type" key ("frame" / "health"). Fields are only ever added, with
 defaults, at the end; an older subscriber keeps working (wire structs do not forbid unknown fields).
@@ -13,13 +19,15 @@ defaults, at the end; an older subscriber keeps working (wire structs do not for
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+NAN = float("nan")
 
-Verdict = Literal["ok", "defect", "unknown"]
+Verdict = Literal["ok", "defect", "review", "unknown"]
 CameraState = Literal["starting", "streaming", "reconnecting", "failed", "finished"]
 
 
@@ -35,9 +43,9 @@ class Region(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MaskInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """Describes the mask frame that follows the header."""
+    """Describes the mask frame that follows the header (or, as `FrameHeader.map`, the map frame after it)."""
 
-    encoding: Literal["none", "raw", "png"] = "none"  # raw: uint8 row-major, 0 or 255
+    encoding: Literal["none", "raw", "png"] = "none"  # raw: uint8 row-major; 0 or 255 for a mask, codes for a map
     height_px: int = 0
     width_px: int = 0
     # Where the mask grid sits in the camera frame: the crop (x, y, w, h) that was resized to the model input.
@@ -45,6 +53,10 @@ class MaskInfo(msgspec.Struct, frozen=True, kw_only=True):
     roi_y: int = 0
     roi_w: int = 0
     roi_h: int = 0
+    # Schema 2: "map" = the bytes are an 8-bit quantised anomaly map, value = map_offset + code x map_scale.
+    kind: Literal["mask", "map"] = "mask"
+    map_scale: float = 0.0  # anomaly units per code step (> 0 when kind == "map")
+    map_offset: float = 0.0  # the value of code 0
 
 
 class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="frame"):
@@ -55,6 +67,7 @@ class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     publish_ns: int  # wall clock just before send
     score: float  # image score (max of the smoothed map); NaN only when the frame could not be scored
     threshold: float  # image threshold in force (NaN when uncalibrated); score > threshold -> "defect"
+    # "review": review_threshold < score <= threshold (an uncertain band; only when one is calibrated)
     verdict: Verdict
     model_id: str
     regions: list[Region] = []
@@ -63,6 +76,9 @@ class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     reason: str = ""  # why "unknown" (wrong size, backend error, uncalibrated, ...)
     pixel_threshold: float = 0.0
     source: str = ""  # file name / URL / device of the frame, for traceability
+    # Schema 2:
+    review_threshold: float = NAN  # lower edge of the uncertain band; NaN = no band
+    map: MaskInfo = MaskInfo()  # the fourth part (publish.mask_kind = "both"): the quantised map beside the mask
 
 
 class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +91,10 @@ class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
     reconnects: int = 0
     skipped_files: int = 0
     last_error: str = ""
+    # Schema 2: a rolling quantile of the scores of parts judged "ok", placed in the calibration's good-score
+    # band: 0 = the calibrated good median (p50), 1 = the calibrated good p99. NaN while there is none.
+    drift: float = NAN
+    drift_state: str = ""  # "ok" inside 0..1, "high", "low", "warming-up"; "" = not checked (no calibrated band)
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="health"):
@@ -102,6 +122,7 @@ class Reload(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="r
 class ApplyThresholds(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="apply"):
     image_threshold: float
     pixel_threshold: float | None = None
+    review_threshold: float | None = None  # lower edge of an uncertain band; None = no band
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="status"):
@@ -117,6 +138,21 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="re
     model_id: str = ""
     image_threshold: float = 0.0
     pixel_threshold: float = 0.0
+
+
+def header_json(header: FrameHeader) -> bytes:
+    """The header as indented JSON (archive, tap). JSON has no NaN: msgspec writes null, which does not read
+    back as a float, so a field whose default is NaN (review_threshold) is left out while NaN and reads back as it."""
+    body = msgspec.to_builtins(header)
+    for name in _NAN_DEFAULTS:
+        if isinstance(body.get(name), float) and math.isnan(body[name]):
+            del body[name]
+    return msgspec.json.format(msgspec.json.encode(body), indent=2) + b"\n"
+
+
+_NAN_DEFAULTS = tuple(
+    f.name for f in msgspec.structs.fields(FrameHeader) if isinstance(f.default, float) and math.isnan(f.default)
+)
 
 
 def frame_topic(camera: str) -> bytes:

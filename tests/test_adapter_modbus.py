@@ -153,9 +153,9 @@ class Daemon:
         self.sock.close()
 
 
-def make_config(endpoint: str, plc_port: int, **reject) -> AdapterConfig:
+def make_config(endpoint: str, plc_port: int, stream: dict | None = None, **reject) -> AdapterConfig:
     raw = {
-        "daemon": {"endpoint": endpoint, "cameras": ["cam1"], "first_heartbeat_s": 1.0, "recover_after_s": 0.5},
+        "daemon": {"endpoint": endpoint, "cameras": ["cam1"], "first_heartbeat_s": 1.0, "recover_after_s": 0.5, **(stream or {})},
         "plc": {"host": "127.0.0.1", "port": plc_port, "timeout_s": 0.5, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
         "reject": {"coil": REJECT, "pulse_ms": 150, **reject},
         "outputs": {
@@ -176,8 +176,8 @@ def rig():
     daemon.thread.start()
     runs: list[tuple[threading.Thread, threading.Event]] = []
 
-    def start_adapter(**reject) -> AdapterConfig:
-        cfg = make_config(daemon.endpoint, plc.port, **reject)
+    def start_adapter(stream: dict | None = None, **reject) -> AdapterConfig:
+        cfg = make_config(daemon.endpoint, plc.port, stream, **reject)
         stop = threading.Event()
         result: list[int] = []
         t = threading.Thread(target=lambda: result.append(run_modbus_adapter(cfg, stop)), name="adapter-under-test", daemon=True)
@@ -227,6 +227,26 @@ def test_defect_pulses_writes_registers_and_alive_toggles(rig):
     wait_for(lambda: len(plc.history("coil", ALIVE)) >= 4, what="alive toggles")
     toggles = [v for _, v in plc.history("coil", ALIVE)]
     assert all(a != b for a, b in zip(toggles, toggles[1:]))
+
+
+def test_review_is_rejected_by_default_like_a_defect(rig):
+    rig.start_adapter()
+    plc, daemon = rig.plc, rig.daemon
+    daemon.frame("review", 0.25)  # in the uncertain band: fail safe, a person looks at the part
+    wait_for(lambda: len(plc.pulses()) == 1, what="a reject pulse for a review verdict")
+    wait_for(lambda: plc.value("reg", SCORE) == 250, what="the review frame's score")
+    assert plc.value("reg", TOTAL) == 0, "the defect counters count defects only"
+
+
+def test_review_passes_when_configured(rig):
+    rig.start_adapter(stream={"on_review": "pass"})
+    plc, daemon = rig.plc, rig.daemon
+    daemon.frame("review", 0.25)
+    wait_for(lambda: plc.value("reg", SCORE) == 250, what="the review frame judged")
+    time.sleep(0.3)  # a pulse would have started at once (delay_ms 0)
+    assert not [v for _, v in plc.history("coil", REJECT) if v], "a passed review frame fired the reject coil"
+    daemon.frame("defect", 0.5)
+    wait_for(lambda: len(plc.pulses()) == 1, what="the defect's pulse")
 
 
 def test_heartbeats_stop_then_resume(rig, caplog):

@@ -201,3 +201,16 @@ def test_fit_without_scipy_or_matplotlib_says_what_to_install(bundle, tiny_datas
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: this command ") and missing in last and "[calibrate]" in last and "Traceback" not in proc.stderr
+
+
+def test_review_factor_writes_an_uncertain_band_below_the_threshold(bundle, tiny_dataset):
+    good = tiny_dataset / "part" / "train" / "good"
+    result = _run("fit", bundle, "--good", good, "--target-false-reject", "0.15", "--review-factor", "0.8", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    cal = read_manifest(bundle).calibration
+    assert cal.review_threshold == pytest.approx(0.8 * cal.image_threshold)
+    assert "review threshold" in result.stdout and "good samples fall in it" in result.stdout and "review band: 0.8 x" in cal.note
+    shown = _run("show", bundle)
+    assert "review threshold" in shown.stdout and "is judged review" in shown.stdout
+    refused = _run("fit", bundle, "--good", good, "--target-false-reject", "0.15", "--review-factor", "1.2", "--quiet")
+    assert refused.exit_code == 2 and read_manifest(bundle).calibration == cal

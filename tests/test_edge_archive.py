@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -91,6 +92,7 @@ def test_an_existing_file_is_never_replaced(tmp_path):
 
 WRITER = """
 import sys
+import cv2
 import numpy as np
 from edge.daemon.archive import Archive, Entry
 from edge.daemon.config import ArchiveConfig
@@ -143,3 +145,38 @@ def test_one_archive_folder_per_daemon_and_a_foreign_index_is_refused(tmp_path):
     with pytest.raises(UserError, match="is not an ssae archive index"):
         Archive(ArchiveConfig(dir=str(other), quota_mb=1))
     assert (other / INDEX_NAME).read_text() == "something else\n"
+
+
+def test_overlay_and_map_beside_each_frame_are_removed_with_it_by_the_quota(tmp_path):
+    from edge.client.view.gallery import Gallery, archived_map
+    from edge.daemon.archive import SUFFIXES
+
+    site = tmp_path / "site"
+    cfg = ArchiveConfig(dir=str(site), quota_mb=0.03)  # room for ~3 entries of noise
+    archive = Archive(cfg)
+    amap = np.zeros((32, 32), np.float32)
+    amap[8:16, 8:16] = 0.9  # 1.8 x the threshold 0.5: the overlay's red-magenta
+    amap[20:, :] = np.linspace(0.0, 0.2, 32, dtype=np.float32)  # below half the threshold: not drawn
+    mask = ((amap > 0.5) * 255).astype(np.uint8)
+    grey = np.full((32, 32, 3), 100, np.uint8)
+    stem = archive.write(Entry(grey, mask, header(0), amap))
+    first = {s: Path(f"{stem}{s}") for s in SUFFIXES}
+    assert all(p.is_file() for p in first.values()), "frame, mask, map, overlay and header side by side"
+    overlay = cv2.imread(str(first[".overlay.png"]))
+    hot, cold = overlay[10, 10], overlay[25, 5]
+    assert hot[2] > 200 and hot[1] < 60 and hot[0] > 120 and (cold == 100).all(), (hot, cold)
+    entry_id = f"cam/{stem.name}"
+    e = Gallery(site).entry(entry_id)  # the view reads the header (no NaN written as null) and the map back
+    assert e.raw["map"]["kind"] == "map" and e.raw["map"]["encoding"] == "png" and "review_threshold" not in e.raw
+    step = e.raw["map"]["map_scale"]
+    assert np.abs(archived_map(e) - amap).max() <= step / 2 * 1.001 and step == pytest.approx(0.9 / 255)
+    assert Gallery(site).overlay_png(e) == first[".overlay.png"].read_bytes(), "the gallery shows the daemon's own overlay"
+    for seq in range(1, 8):
+        noisy = entry(seq)
+        archive.write(Entry(noisy.image, mask, noisy.header, amap))
+    assert not any(p.exists() for p in first.values()), "the quota removed the first entry whole"
+    archive.close()
+    again = Archive(cfg)  # a restart counts the new files too
+    on_disk = sum(p.stat().st_size for p in (site / "cam").iterdir())
+    assert again.total_bytes == on_disk and all(set(e.suffixes) == set(SUFFIXES) for e in again.entries)
+    again.close()

@@ -89,7 +89,7 @@ def test_camera_mistakes_name_field_value_and_fix(tmp_path, extra, expected):
         (GOOD + "[publsh]\nheartbeat_s = 1\n", "publsh is not a known key; remove it or fix the spelling (did you mean 'publish'?)"),
         (GOOD + "[publish]\nheartbeat_s = 0\n", "publish.heartbeat_s = 0 is below 0.05; set 0.05 or more"),
         (GOOD + "[metrics]\nport = 70000\n", "metrics.port = 70000 is above 65535; set 65535 or less"),
-        (GOOD + '[archive]\ndir = "a"\nquota_mb = 10\nverdicts = ["bad"]\n', "archive.verdicts[0] = \"bad\" is not one of 'defect', 'unknown', 'ok'"),
+        (GOOD + '[archive]\ndir = "a"\nquota_mb = 10\nverdicts = ["bad"]\n', "archive.verdicts[0] = \"bad\" is not one of 'defect', 'review', 'unknown', 'ok'"),
         (GOOD + '[control]\nendpoint = "tcp://127.0.0.1:5555"\n', "control.endpoint = 'tcp://127.0.0.1:5555' is also a publish endpoint"),
         ("max_batch = 1.5\n" + GOOD, "max_batch = 1.5 is a number; write a whole number"),
         (GOOD + "max_batch = 8\n", "cameras[0].max_batch is not a known key"),  # TOML: keys after [[cameras]] belong to the camera

@@ -130,17 +130,45 @@ def test_render_defect_without_or_with_mask(with_mask):
     from edge.wire import FrameHeader, Region
 
     header = FrameHeader(schema_version=1, camera="c", seq=3, capture_ns=0, publish_ns=0, score=1.0, threshold=0.5,
-                         verdict="defect", model_id="m", regions=[Region(x=2, y=3, w=4, h=5, area_px=12, peak_score=1.0)])
+                         verdict="defect", model_id="m", regions=[Region(x=12, y=12, w=2, h=2, area_px=4, peak_score=1.0)])
     mask = defect_mask() if with_mask else None
     img = render_defect(header, mask)
     assert img.ndim == 3 and max(img.shape[:2]) >= 256
     k = img.shape[0] // 16  # the 16x16 grid, scaled by a whole factor
-    red = (img[..., 2] == 255) & (img[..., 0] == 0) & (img[..., 1] == 0)
-    if with_mask:  # the mask is drawn red at its place (region boxes and labels may cross it), nothing else is red
-        inside = red[4 * k : 8 * k, 5 * k : 10 * k]
-        assert inside.mean() > 0.8 and red.sum() == inside.sum()
+    # a mask pixel is drawn in the threshold's colour of the view's scale (orange-red, over the dark grid)
+    lit = (img[..., 2] > 150) & (img[..., 1] < 100) & (img[..., 0] < 50)
+    inside = lit[4 * k : 8 * k, 5 * k : 10 * k]
+    if with_mask:
+        assert inside.mean() > 0.8 and lit[: 4 * k].sum() == 0
     else:
-        assert not red.any()
+        assert not inside.any()
+
+
+def test_tap_saves_overlays_of_the_wire_map_for_defect_and_review_frames(tmp_path):
+    codes = np.zeros((16, 16), np.uint8)
+    codes[2:6, 2:6] = 200  # 200 x 0.005 = 1.0: twice the threshold, the scale's magenta end
+    codes[10:14, 10:14] = 70  # 0.35: between half the threshold and it, drawn in faint blue-cyan
+    info = MaskInfo(encoding="raw", height_px=16, width_px=16, kind="map", map_scale=0.005, map_offset=0.0)
+
+    def script(pub):
+        pub.frame("cam1", 0, verdict="defect", score=1.0, mask=codes.tobytes(), mask_info=info)
+        pub.frame("cam1", 1, verdict="review", score=0.45, mask=codes.tobytes(), mask_info=info)
+        pub.frame("cam1", 2, verdict="ok", score=0.1, mask=codes.tobytes(), mask_info=info)
+
+    with WirePublisher() as pub:
+        thread, errors = publish_in_background(pub, script, subscriptions=1)
+        summary = run_tap(pub.endpoint, save_dir=tmp_path, frames=3, timeout_s=10, health=False, emit=lambda _: None, warn=lambda _: None)
+        thread.join(timeout=5)
+    assert not errors and summary.saved == 2 and summary.verdicts == {"ok": 1, "defect": 1, "review": 1, "unknown": 0}
+    for seq in (0, 1):
+        (saved,) = tmp_path.glob(f"cam1-*-000000000{seq}.png")
+        img = cv2.imread(str(saved))
+        k = img.shape[0] // 16
+        hot, warm, cold = img[4 * k, 4 * k], img[12 * k, 12 * k], img[8 * k, k]
+        assert hot[2] > 200 and hot[0] > 150 and hot[1] < 40, hot  # magenta: twice the threshold
+        assert warm[0] > warm[2] + 30 and warm[1] > 50, warm  # below the threshold: blue-cyan, not the mask's red
+        assert (cold == 28).all(), cold  # nothing drawn: the dark model grid
+        assert json.loads(saved.with_suffix(".json").read_text())["mask"]["kind"] == "map"
 
 
 def test_tap_over_curve_with_key_files(tmp_path):

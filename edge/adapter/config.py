@@ -36,6 +36,9 @@ class StreamConfig(Strict, kw_only=True):
     require_streaming: bool = True  # a camera of this gate that is not "streaming" makes inspection unavailable
     reject_unknown: bool = True  # a frame the daemon could not judge ("unknown") is rejected like a defect
     on_dropped: Literal["ignore", "reject", "unavailable"] = "ignore"  # frames the daemon itself dropped (header.dropped)
+    # A frame in the uncertain band (verdict "review"): rejected like a defect (fail safe: someone looks at the part),
+    # or passed ("pass": the band only flags parts, e.g. for the view's gallery)
+    on_review: Literal["reject", "pass"] = "reject"
     security: ClientSecurityConfig = ClientSecurityConfig()
 
     def __post_init__(self) -> None:

@@ -3,8 +3,9 @@
 The Modbus adapter turns the stream into coils; the OPC UA server and the MQTT bridge publish the same
 facts as values, so both build on this view instead of deciding twice what "down" means:
 
-- per camera: the last result (its FrameHeader), counters (frames received, defects, and from the
-  subscriber's Tally the frames lost on the way and dropped by the daemon), and a state;
+- per camera: the last result (its FrameHeader, passed through as received: its verdict may be "review",
+  a part in the calibration's uncertain band, which the line decides about), counters (frames received,
+  defects, and from the subscriber's Tally the frames lost on the way and dropped by the daemon), and a state;
 - for the inspector: the worst camera state, the daemon's name, model id and recipe.
 
 States, in the spirit of OPC 40100's vision state machine (worst first):

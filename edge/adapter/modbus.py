@@ -5,7 +5,7 @@
 The main thread reads the stream (edge.client.subscriber) and decides; the "plc-link" thread (edge.adapter.plc_link)
 talks to the PLC. What the PLC sees (addresses from the config, see configs/adapter/modbus.toml):
 
-- reject coil: a pulse of `pulse_ms` for every `defect` (and, by config, `unknown`) verdict, after
+- reject coil: a pulse of `pulse_ms` for every `defect` (and, by config, `review` and `unknown`) verdict, after
   `delay_ms` from capture or arrival, or after `offset_counts` of the encoder. Pulses are never lost
   when defects come faster than a pulse (edge.adapter.pulse: "extend" or "queue").
 - unavailable coil: 1 while inspection cannot be trusted. It starts at 1 and drops to 0 only once a
@@ -150,8 +150,9 @@ def _registers(cfg: AdapterConfig, tally: _Tally, status: int) -> dict[int, int]
 def _reject_requests(cfg: AdapterConfig, ev: FrameEvent, now_s: float) -> list[TimedPulse | EncoderPulse]:
     """The reject pulses one frame asks for (none, one, or one per frame the daemon dropped)."""
     h = ev.header
-    n = int(h.verdict == "defect" or (h.verdict == "unknown" and cfg.daemon.reject_unknown))
-    if h.dropped and cfg.daemon.on_dropped == "reject":
+    d = cfg.daemon
+    n = int(h.verdict == "defect" or (h.verdict == "unknown" and d.reject_unknown) or (h.verdict == "review" and d.on_review == "reject"))
+    if h.dropped and d.on_dropped == "reject":
         n += h.dropped  # uninspected parts passed: reject them too (timed like this frame)
     if not n:
         return []

@@ -49,7 +49,7 @@ class ResultMessage(msgspec.Struct, frozen=True, kw_only=True):
     capture_ns: int  # wall clock at grab (daemon's clock)
     publish_ns: int
     received_ns: int  # wall clock when the bridge received it
-    verdict: str  # ok | defect | unknown
+    verdict: str  # ok | defect | review | unknown
     score: float
     threshold: float
     model_id: str

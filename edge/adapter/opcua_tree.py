@@ -42,7 +42,7 @@ INSPECTOR_VARS = {
 }
 CAMERA_VARS = {"State": (V.String, "unavailable"), "StateReason": (V.String, "adapter starting")}
 RESULT_VARS = {
-    "Verdict": (V.String, ""),  # ok | defect | unknown
+    "Verdict": (V.String, ""),  # ok | defect | review | unknown
     "Score": (V.Double, math.nan),
     "Threshold": (V.Double, math.nan),
     "PartId": (V.String, ""),  # from the header, once the wire carries one

@@ -25,9 +25,10 @@ def tap(
         Path | None,
         typer.Option(
             "--save",
-            help="Folder for defect evidence: per defect frame <camera>-<capture time>-<seq>.png (the defect mask in red with region "
-            "boxes and peak scores, on the model-input grid; the wire carries no camera image) and the same name .json "
-            "(the header). Existing files are never replaced.",
+            help="Folder for defect evidence: per defect or review frame <camera>-<capture time>-<seq>.png (an overlay: the anomaly "
+            "map when the wire carries it, else the mask, coloured on the view's threshold-anchored scale, with region boxes and "
+            "peak scores, on the model-input grid; the wire carries no camera image) and the same name .json (the header). "
+            "Existing files are never replaced.",
         ),
     ] = None,
     frames: Annotated[int | None, typer.Option("--frames", min=1, help="Stop after this many frames.")] = None,

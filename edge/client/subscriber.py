@@ -24,6 +24,7 @@ touching ZeroMQ themselves, so that loss detection is written once:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -44,6 +45,7 @@ class FrameEvent(msgspec.Struct, frozen=True, kw_only=True):
     lost: int = 0  # frames published but not received since this camera's previous frame
     first: bool = False  # first frame seen from this camera (nothing to compare seq with)
     restarted: bool = False  # seq went backwards: the daemon restarted; not counted as loss
+    map: bytes | None = None  # the fourth part (publish.mask_kind = "both"), laid out as header.map says; None when absent or masks=False
 
     @property
     def latency_ms(self) -> float:
@@ -232,9 +234,11 @@ class Subscriber:
         body = sock.recv()
         received_ns = time.time_ns()
         is_frame = topic.startswith(b"frame.")
-        mask = None
+        mask = amap = None
         if is_frame and sock.rcvmore and self.masks and (self._topics is None or topic in self._topics):
             mask = sock.recv()
+            if sock.rcvmore:
+                amap = sock.recv()  # schema 2, mask_kind "both": the quantised map beside the mask
         self._discard_rest()
         if is_frame and self._topics is not None and topic not in self._topics:
             return None  # a camera whose name merely starts with a subscribed one
@@ -244,14 +248,14 @@ class Subscriber:
             self._bad += 1
             return BadMessage(topic=topic.decode(errors="replace"), error=f"undecodable body: {e}")
         if isinstance(msg, FrameHeader):
-            return self._on_frame(msg, mask or None, received_ns)
+            return self._on_frame(msg, mask or None, received_ns, amap or None)
         return self._on_health(msg, received_ns)
 
     def _discard_rest(self) -> None:
         while self._sock.rcvmore:
             self._sock.recv_into(self._skip)  # ZeroMQ truncates into the empty buffer: no copy
 
-    def _on_frame(self, header: FrameHeader, mask: bytes | None, received_ns: int) -> FrameEvent:
+    def _on_frame(self, header: FrameHeader, mask: bytes | None, received_ns: int, amap: bytes | None = None) -> FrameEvent:
         cam = self._cameras.get(header.camera)
         if cam is None:
             cam = self._cameras[header.camera] = _Camera()
@@ -266,7 +270,7 @@ class Subscriber:
         cam.lost += lost
         cam.dropped += header.dropped
         cam.restarts += restarted
-        return FrameEvent(header=header, mask=mask, received_ns=received_ns, lost=lost, first=first, restarted=restarted)
+        return FrameEvent(header=header, mask=mask, received_ns=received_ns, lost=lost, first=first, restarted=restarted, map=amap)
 
     def _on_health(self, health: Health, received_ns: int) -> HealthEvent:
         d = self._daemons.get(health.daemon)
@@ -313,20 +317,39 @@ class Subscriber:
 
 
 def decode_mask(info: MaskInfo, data: bytes | None) -> np.ndarray | None:
-    """The mask frame as uint8 (height_px, width_px), 0 or 255; None when the daemon sent none."""
+    """A mask or map frame as an array; None when the daemon sent none.
+
+    info.kind "mask": uint8 (height_px, width_px), 0 or 255. info.kind "map" (schema 2): float32 (height_px,
+    width_px) anomaly values, map_offset + code x map_scale (within map_scale / 2 of the daemon's map).
+    """
     if info.encoding == "none" or not data:
         return None
     shape = (info.height_px, info.width_px)
+    what = "map" if info.kind == "map" else "mask"
     if info.encoding == "raw":
         if len(data) != shape[0] * shape[1]:
-            raise ValueError(f"raw mask has {len(data)} bytes; header says {shape[1]}x{shape[0]} = {shape[0] * shape[1]}")
-        return np.frombuffer(data, np.uint8).reshape(shape)
-    if info.encoding == "png":
+            raise ValueError(f"raw {what} has {len(data)} bytes; header says {shape[1]}x{shape[0]} = {shape[0] * shape[1]}")
+        codes = np.frombuffer(data, np.uint8).reshape(shape)
+    elif info.encoding == "png":
         import cv2
 
-        mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if mask is None or mask.shape != shape:
-            got = "undecodable" if mask is None else f"{mask.shape[1]}x{mask.shape[0]}"
-            raise ValueError(f"png mask is {got}; header says {shape[1]}x{shape[0]}")
-        return mask
-    raise ValueError(f"mask encoding {info.encoding!r} is unknown to this subscriber; upgrade it")
+        codes = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if codes is None or codes.shape != shape:
+            got = "undecodable" if codes is None else f"{codes.shape[1]}x{codes.shape[0]}"
+            raise ValueError(f"png {what} is {got}; header says {shape[1]}x{shape[0]}")
+    else:
+        raise ValueError(f"{what} encoding {info.encoding!r} is unknown to this subscriber; upgrade it")
+    if info.kind != "map":
+        return codes
+    if not (math.isfinite(info.map_scale) and info.map_scale > 0):
+        raise ValueError(f"map_scale = {info.map_scale!r} is not a positive number; the header is damaged or from a faulty publisher")
+    return np.float32(info.map_offset) + codes.astype(np.float32) * np.float32(info.map_scale)
+
+
+def evidence(event: FrameEvent) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(binary mask, anomaly map) of a frame received with masks=True, each None when it did not travel."""
+    h = event.header
+    first = decode_mask(h.mask, event.mask)
+    if h.mask.kind == "map":
+        return None, first
+    return first, decode_mask(h.map, event.map)

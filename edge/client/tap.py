@@ -1,10 +1,13 @@
 """`ssae edge tap`: watch a daemon's stream from a shell, one line per frame, loss called out loudly.
 
 Lines go to `emit` (stdout in the CLI), warnings (sequence gaps, missed heartbeats, undecodable messages)
-to `warn` (stderr). With a save folder, every `defect` frame leaves two files there, written atomically:
+to `warn` (stderr). With a save folder, every `defect` and `review` frame leaves two files there, written
+atomically:
 
-    <camera>-<capture time, UTC>-<seq>.png   the defect mask (red) with each region's box and peak score, on
-                                             the model-input grid scaled up for reading; the wire carries no
+    <camera>-<capture time, UTC>-<seq>.png   the overlay: the anomaly map when the wire carries it (publish.mask_kind
+                                             "map" or "both"), else the mask, coloured on the view's scale anchored to
+                                             the threshold (edge/client/view/scale.py), each region's box and peak
+                                             score, on the model-input grid scaled up for reading; the wire carries no
                                              camera image, so this is not a photo
     <camera>-<capture time, UTC>-<seq>.json  the frame header as received
 
@@ -23,11 +26,12 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber, Tally, decode_mask
+from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, SocketHook, Subscriber, Tally, evidence
 from edge.files import write_new_bytes
-from edge.wire import FrameHeader, Health
+from edge.wire import FrameHeader, Health, header_json
 
 Emit = Callable[[str], None]
+SAVED_VERDICTS = ("defect", "review")  # rejects, and the frames of an uncertain band someone should look at
 
 
 class TapSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,25 +72,15 @@ def format_health(h: Health) -> str:
     return f"health {h.daemon} #{h.seq} up={h.uptime_s:.0f}s {h.backend} thr={h.image_threshold:.5g}{extra} | {cams or 'no cameras'}"
 
 
-def render_defect(header: FrameHeader, mask: np.ndarray | None, min_side_px: int = 256) -> np.ndarray:
-    """BGR image: mask pixels red, region boxes yellow with peak scores, scaled by a whole factor for reading."""
+def render_defect(header: FrameHeader, mask: np.ndarray | None, amap: np.ndarray | None = None) -> np.ndarray:
+    """BGR image: the map (else the mask) and the regions on the model grid, as the view draws them, with a caption."""
     import cv2
 
-    if mask is not None:
-        h, w = mask.shape
-    else:  # no mask sent: the grid is at least as large as the regions reach
-        h = max([header.mask.height_px] + [r.y + r.h for r in header.regions] + [1])
-        w = max([header.mask.width_px] + [r.x + r.w for r in header.regions] + [1])
-    k = max(1, -(-min_side_px // max(h, w)))
-    img = np.full((h, w, 3), 32, np.uint8)
-    if mask is not None:
-        img[mask > 0] = (0, 0, 255)
-    img = cv2.resize(img, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
-    for r in header.regions:
-        cv2.rectangle(img, (r.x * k, r.y * k), ((r.x + r.w) * k - 1, (r.y + r.h) * k - 1), (0, 255, 255), 1)
-        cv2.putText(img, f"{r.peak_score:.3g}", (r.x * k, max(10, r.y * k - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 255), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{header.camera} #{header.seq} score {header.score:.4g} > {header.threshold:.4g}", (3, h * k - 5),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    from edge.client.view.render import render_overlay  # numpy and OpenCV only
+
+    img = render_overlay(header, mask=mask, amap=amap)
+    caption = f"{header.camera} #{header.seq} {header.verdict} score {header.score:.4g} thr {header.threshold:.4g}"
+    cv2.putText(img, caption, (3, img.shape[0] - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
     return img
 
 
@@ -94,11 +88,11 @@ def save_defect(folder: Path, event: FrameEvent) -> Path:
     import cv2
 
     h = event.header
-    mask = decode_mask(h.mask, event.mask)
-    ok, png = cv2.imencode(".png", render_defect(h, mask))
+    mask, amap = evidence(event)
+    ok, png = cv2.imencode(".png", render_defect(h, mask, amap))
     if not ok:
         raise RuntimeError("cv2.imencode failed for a defect overlay")
-    body = msgspec.json.format(msgspec.json.encode(h), indent=2) + b"\n"
+    body = header_json(h)
     seconds, ns = divmod(h.capture_ns, 1_000_000_000)
     base = f"{h.camera}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{ns:09d}Z-{h.seq:010d}"
     for n in itertools.count(1):
@@ -172,7 +166,7 @@ def run_tap(
                         latencies.append(event.latency_ms)
                         first_rx = first_rx or event.received_ns
                         last_rx = event.received_ns
-                        if save_dir is not None and h.verdict == "defect":
+                        if save_dir is not None and h.verdict in SAVED_VERDICTS:
                             save_defect(save_dir, event)
                             saved += 1
                     case HealthEvent(health=h):
@@ -209,5 +203,5 @@ def format_summary(s: TapSummary) -> str:
         f"heartbeats {t.heartbeats} (missed {t.heartbeats_missed}, silences {t.heartbeat_losses}), bad messages {t.bad_messages}",
     ]
     if s.saved:
-        lines.append(f"saved {s.saved} defect overlay(s)")
+        lines.append(f"saved {s.saved} defect/review overlay(s)")
     return "\n".join(lines)

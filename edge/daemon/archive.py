@@ -3,7 +3,10 @@
 Layout, one entry per frame, names sorting oldest first:
     <dir>/<camera>/<capture_ns:019d>-<seq:09d>.png        the camera frame as captured (before crop/resize)
     <dir>/<camera>/<capture_ns:019d>-<seq:09d>.mask.png   the defect mask on the model grid (absent if none)
-    <dir>/<camera>/<capture_ns:019d>-<seq:09d>.json       the frame header as published (written last)
+    <dir>/<camera>/<capture_ns:019d>-<seq:09d>.map.png    the anomaly map, 8-bit quantised (absent if not scored)
+    <dir>/<camera>/<capture_ns:019d>-<seq:09d>.overlay.png  the frame with the map (else the mask) drawn over it
+    <dir>/<camera>/<capture_ns:019d>-<seq:09d>.json       the frame header as published (written last); its
+                                                          `map` describes .map.png: value = map_offset + code x map_scale
     <dir>/.ssae-archive-index                             which of those files this archive wrote
 
 `archive.dir` may be a folder that already holds other files: the archive never replaces a file, and
@@ -36,15 +39,17 @@ import cv2
 import msgspec
 import numpy as np
 
+from edge.client.view.render import render_overlay  # numpy and OpenCV only: the view's colours, no web stack
 from edge.daemon.config import ArchiveConfig
+from edge.daemon.postprocess import quantise_map
 from edge.daemon.threads import Threaded
 from edge.errors import UserError
 from edge.files import atomic_write_bytes, write_new_bytes
 from edge.ratelimit import RateLimitedLog
-from edge.wire import FrameHeader
+from edge.wire import FrameHeader, header_json
 
 log = logging.getLogger("edge.archive")
-SUFFIXES = (".png", ".mask.png", ".json")
+SUFFIXES = (".png", ".mask.png", ".map.png", ".overlay.png", ".json")
 INDEX_NAME = ".ssae-archive-index"
 INDEX_HEADER = "# ssae archive index 1: the entries this archive wrote; its quota deletes only these\n"
 
@@ -53,6 +58,7 @@ class Entry(NamedTuple):
     image: np.ndarray
     mask: np.ndarray | None
     header: FrameHeader
+    amap: np.ndarray | None = None  # float32 (H, W) anomaly map on the model grid; None when not scored
 
 
 class Stored(NamedTuple):
@@ -223,7 +229,17 @@ class Archive(Threaded):
             ok, mask_png = cv2.imencode(".png", entry.mask)
             if ok:
                 files[".mask.png"] = mask_png.tobytes()
-        files[".json"] = msgspec.json.format(msgspec.json.encode(h), indent=2)  # last: a JSON means the entry is whole
+        if entry.amap is not None:
+            q = quantise_map(entry.amap)
+            ok, map_png = cv2.imencode(".png", q.codes)
+            if ok:
+                files[".map.png"] = map_png.tobytes()
+                h = msgspec.structs.replace(h, map=msgspec.structs.replace(h.mask, encoding="png", kind="map", map_scale=q.scale, map_offset=q.offset))
+        if entry.amap is not None or entry.mask is not None:
+            ok, overlay_png = cv2.imencode(".png", render_overlay(h, mask=entry.mask, amap=entry.amap, image=entry.image))
+            if ok:
+                files[".overlay.png"] = overlay_png.tobytes()
+        files[".json"] = header_json(h)  # last: a JSON means the entry is whole
         taken = [s for s in files if os.path.lexists(f"{stem}{s}")]
         if taken:
             raise FileExistsError(f"{stem}{taken[0]} exists and is not the archive's; it is left alone")

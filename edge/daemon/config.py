@@ -101,6 +101,10 @@ class PublishConfig(Strict, kw_only=True):
     sndbuf_bytes: Annotated[int, Meta(ge=0, le=64 << 20)] = 0
     queue_size: Annotated[int, Meta(ge=1, le=10_000)] = 256  # messages between inference and the publisher thread
     mask: Literal["none", "raw", "png"] = "raw"  # mask frame encoding; "none" sends an empty frame
+    # What the mask frame carries: "mask" the binary mask (schema 1 subscribers read it); "map" the 8-bit quantised
+    # anomaly map instead (MaskInfo.kind = "map"; needs schema-2 subscribers); "both" the mask, and the map as a
+    # fourth part described by FrameHeader.map (old subscribers ignore it)
+    mask_kind: Literal["mask", "map", "both"] = "mask"
     # "drop-for-that-subscriber": ZeroMQ skips a full subscriber only (it sees a seq gap; others unaffected).
     # "drop-and-count": a full subscriber makes the daemon drop the message for all and report it in `dropped`
     # and the metrics; for a single consumer (the PLC adapter) only, as one stalled client starves the rest.
@@ -136,8 +140,16 @@ class ControlConfig(Strict, kw_only=True):
 class ArchiveConfig(Strict, kw_only=True):
     dir: str  # created if missing; the only place the daemon writes
     quota_mb: Annotated[float, Meta(gt=0)]  # oldest archived frames are deleted first beyond this
-    verdicts: Annotated[list[Literal["defect", "unknown", "ok"]], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["defect"])
+    # "review" frames exist only with a calibrated uncertain band: they are the ones an operator should look at
+    verdicts: Annotated[list[Literal["defect", "review", "unknown", "ok"]], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["defect", "review"])
     queue_size: Annotated[int, Meta(ge=1, le=1000)] = 16  # frames waiting to be written; beyond it they are skipped and counted
+
+
+class DriftConfig(Strict, kw_only=True):
+    """Scores of parts judged good, per camera, against the calibration's good-score band (edge/daemon/drift.py)."""
+
+    window: Annotated[int, Meta(ge=0, le=100_000)] = 200  # the last N "ok" parts per camera; 0 = no drift check
+    quantile: Annotated[float, Meta(gt=0, lt=1)] = 0.9  # of their scores; 0.9: sees a shift before the threshold does
 
 
 class GpuConfig(Strict, kw_only=True):
@@ -167,6 +179,7 @@ class DaemonConfig(Strict, kw_only=True):
     archive: ArchiveConfig | None = None  # absent: nothing written to disk
     security: SecurityConfig = SecurityConfig()  # CURVE on the stream and the control endpoint (edge/security.py)
     gpu: GpuConfig = GpuConfig()  # backend = "tensorrt" / "torch-cuda": device, precision, batches in flight
+    drift: DriftConfig = DriftConfig()  # good-part scores against the calibration (heartbeat, metrics, log)
 
     def __post_init__(self):
         self._check_gpu()

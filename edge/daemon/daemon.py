@@ -154,12 +154,14 @@ class Daemon:
             log.info("reloaded %s: model %s, thresholds %s", path, model.bundle.model_id[:12], _describe(model.thresholds))
             return Reply(ok=True, message=f"reloaded {path}; thresholds {_describe(model.thresholds)}", **self._in_force())
 
-    def apply_thresholds(self, image: float, pixel: float | None) -> Reply:
+    def apply_thresholds(self, image: float, pixel: float | None, review: float | None = None) -> Reply:
         if not (math.isfinite(image) and image >= 0) or (pixel is not None and not (math.isfinite(pixel) and pixel >= 0)):
             return Reply(ok=False, message=f"thresholds must be finite and >= 0 (got image {image}, pixel {pixel}); nothing changed", **self._in_force())
+        if review is not None and not (math.isfinite(review) and 0 <= review < image):
+            return Reply(ok=False, message=f"review threshold {review} must lie in 0 .. image threshold {image}; nothing changed", **self._in_force())
         with self.reload_lock:
             current = self.model
-            thresholds = resolve_thresholds(current.bundle.manifest.calibration, image, pixel, "control")
+            thresholds = resolve_thresholds(current.bundle.manifest.calibration, image, pixel, "control", review)
             self._swap(Model(current.bundle, current.backend, thresholds))
         log.info("thresholds applied over control: %s", _describe(thresholds))
         return Reply(ok=True, message=f"applied; thresholds {_describe(thresholds)}", **self._in_force())
@@ -168,8 +170,8 @@ class Daemon:
         match request:
             case Reload(bundle=bundle):
                 return self.reload(bundle)
-            case ApplyThresholds(image_threshold=image, pixel_threshold=pixel):
-                return self.apply_thresholds(image, pixel)
+            case ApplyThresholds(image_threshold=image, pixel_threshold=pixel, review_threshold=review):
+                return self.apply_thresholds(image, pixel, review)
             case Status():
                 cams = "; ".join(f"{c.camera} {c.state} {c.frames_judged} judged {c.frames_dropped} dropped" for c in self.camera_health())
                 return Reply(ok=True, message=f"{_describe(self.model.thresholds)}; {cams}", **self._in_force())
@@ -182,7 +184,11 @@ class Daemon:
 
     # --- health -----------------------------------------------------------------------------------------
     def camera_health(self) -> list[CameraHealth]:
-        return [msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.worker.judged[c.cfg.id]) for c in self.captures]
+        cameras = []
+        for c in self.captures:
+            drift, drift_state = self.worker.drift.state(c.cfg.id)
+            cameras.append(msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.worker.judged[c.cfg.id], drift=drift, drift_state=drift_state))
+        return cameras
 
     def _archive_counts(self) -> dict[str, int]:
         a = getattr(self, "archive", None)  # scraped only after start, when it exists
@@ -367,4 +373,5 @@ def backend_options(cfg: DaemonConfig) -> dict:
 def _describe(t: Thresholds) -> str:
     if t.image is None:
         return "none (uncalibrated: verdicts are unknown)"
-    return f"image {t.image:.6g}, pixel {t.pixel:.6g} ({t.origin})"
+    band = f", review above {t.review:.6g}" if t.review is not None else ""
+    return f"image {t.image:.6g}, pixel {t.pixel:.6g}{band} ({t.origin})"

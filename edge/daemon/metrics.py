@@ -11,6 +11,8 @@ a collector reads the captures' own counters at scrape time, so the heartbeat an
     ssae_frames_judged_total{camera,verdict}
     ssae_frames_captured_total / ssae_frames_dropped_total / ssae_reconnects_total / ssae_skipped_files_total {camera}
     ssae_camera_fps{camera}, ssae_camera_state{camera,state} (1 for the current state)
+    ssae_good_score_drift{camera}              good-part score quantile in the calibrated band: 0 = good p50, 1 = good p99 (NaN: none yet)
+    ssae_good_score_drift_state{camera,state}  1 for the current drift state (ok, high, low, warming-up); absent when not checked
     ssae_publish_dropped_total{reason}         queue (publisher behind) or hwm (drop-and-count mode)
     ssae_heartbeats_total, ssae_reloads_total{result}
     ssae_archive_entries_total{outcome}, ssae_archive_bytes   with an archive: written, skipped (queue full), failed, deleted
@@ -24,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
+from edge.daemon.drift import STATES as DRIFT_STATES
 from edge.errors import UserError
 from edge.wire import CameraHealth
 
@@ -50,6 +53,8 @@ class _CameraCollector:
         skipped = CounterMetricFamily("ssae_skipped_files", "Unreadable files skipped in folder sources", labels=["camera"])
         fps = GaugeMetricFamily("ssae_camera_fps", "Capture rate over the last seconds", labels=["camera"])
         state = GaugeMetricFamily("ssae_camera_state", "1 for the camera's current state", labels=["camera", "state"])
+        drift = GaugeMetricFamily("ssae_good_score_drift", "Good-part score quantile in the calibrated band (0 = good p50, 1 = good p99)", labels=["camera"])
+        drift_state = GaugeMetricFamily("ssae_good_score_drift_state", "1 for the current drift state", labels=["camera", "state"])
         for cam in self.cameras():
             captured.add_metric([cam.camera], cam.frames_captured)
             dropped.add_metric([cam.camera], cam.frames_dropped)
@@ -58,7 +63,11 @@ class _CameraCollector:
             fps.add_metric([cam.camera], cam.fps)
             for s in STATES:
                 state.add_metric([cam.camera, s], 1.0 if cam.state == s else 0.0)
-        yield from (captured, dropped, reconnects, skipped, fps, state)
+            if cam.drift_state:  # "": not checked (no calibrated band, or drift.window = 0)
+                drift.add_metric([cam.camera], cam.drift)
+                for s in DRIFT_STATES:
+                    drift_state.add_metric([cam.camera, s], 1.0 if cam.drift_state == s else 0.0)
+        yield from (captured, dropped, reconnects, skipped, fps, state, drift, drift_state)
         counts = self.archive()
         if counts:
             archive = CounterMetricFamily("ssae_archive_entries", "Archive entries by outcome", labels=["outcome"])

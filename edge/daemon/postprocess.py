@@ -1,10 +1,12 @@
 """From anomaly map and score to what the line acts on: verdict, defect mask and defect regions.
 
-    verdict  "defect" when score > image threshold, else "ok"; "unknown" when there is no threshold
+    verdict  "defect" when score > image threshold; "review" when an uncertain band is in force and
+             score > its lower threshold; else "ok"; "unknown" when there is no threshold
     mask     anomaly_map > pixel threshold, uint8 0/255 on the model's input grid
     regions  8-connected parts of the mask of at least min_region_px, largest first, with their box,
              area and peak map value (so a PLC can sort by size or severity without the mask); a
              "defect" always lists at least the part holding the peak, however small
+    map      the anomaly map quantised to 8 bits for the wire and the archive (`quantise_map`)
 """
 
 from __future__ import annotations
@@ -26,23 +28,29 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     image: float | None  # None: uncalibrated, frames are judged "unknown" (their score is still published)
     pixel: float | None
     origin: str  # "bundle calibration", "config", "control", "uncalibrated"
+    review: float | None = None  # lower edge of the uncertain band (below `image`); None = no band
 
 
-def resolve_thresholds(calibration: Calibration | None, image: float | None = None, pixel: float | None = None, origin: str = "config") -> Thresholds:
+def resolve_thresholds(
+    calibration: Calibration | None, image: float | None = None, pixel: float | None = None, origin: str = "config", review: float | None = None
+) -> Thresholds:
     """Configured values win over the bundle's calibration; a missing pixel threshold follows the image one.
 
     The image score is the map's maximum, so pixels above the image threshold are exactly the places that
-    make a frame a defect: the natural mask when no pixel threshold was calibrated.
+    make a frame a defect: the natural mask when no pixel threshold was calibrated. The uncertain band
+    belongs to the image threshold it was fitted under: the calibration's band holds with the calibration's
+    threshold only; a threshold set elsewhere (config, control) has the band given with it, if any.
     """
     if image is not None:
         if pixel is None:
             pixel = calibration.pixel_threshold if calibration is not None else image
-        return Thresholds(image=image, pixel=pixel, origin=origin)
+        return Thresholds(image=image, pixel=pixel, origin=origin, review=review if review is not None and review < image else None)
     if calibration is not None:
         return Thresholds(
             image=calibration.image_threshold,
             pixel=pixel if pixel is not None else calibration.pixel_threshold,
             origin="bundle calibration" if pixel is None else f"bundle calibration, pixel from {origin}",
+            review=calibration.review_threshold,
         )
     return Thresholds(image=None, pixel=pixel, origin="uncalibrated")
 
@@ -59,12 +67,13 @@ def judge(amap: np.ndarray, score: float, thresholds: Thresholds, *, min_region_
     if not math.isfinite(score):
         return Judgement("unknown", [], None, f"model returned a non-finite score ({score})")
     defect = thresholds.image is not None and score > thresholds.image
+    review = not defect and thresholds.review is not None and score > thresholds.review
     mask, regions = None, []
     if thresholds.pixel is not None:
-        mask, regions = find_regions(amap, thresholds.pixel, min_region_px=min_region_px, max_regions=max_regions, keep_peak=defect)
+        mask, regions = find_regions(amap, thresholds.pixel, min_region_px=min_region_px, max_regions=max_regions, keep_peak=defect or review)
     if thresholds.image is None:
         return Judgement("unknown", regions, mask, "uncalibrated: the bundle has no calibration and no threshold is configured; run `ssae calibrate fit` or set image_threshold")
-    return Judgement("defect" if defect else "ok", regions, mask, "")
+    return Judgement("defect" if defect else "review" if review else "ok", regions, mask, "")
 
 
 def find_regions(
@@ -106,3 +115,22 @@ def encode_mask(mask: np.ndarray | None, encoding: str) -> bytes:
             raise RuntimeError("OpenCV could not encode the mask as PNG")
         return png.tobytes()
     raise ValueError(f"mask encoding {encoding!r} is unknown; use none, raw or png")
+
+
+class QuantisedMap(NamedTuple):
+    codes: np.ndarray  # uint8 (H, W)
+    scale: float  # anomaly units per code step (> 0)
+    offset: float  # the value of code 0
+
+
+def quantise_map(amap: np.ndarray) -> QuantisedMap:
+    """The map in 8 bits over its own range: value = offset + code x scale, within scale / 2 of the original.
+
+    Per frame from its minimum to its maximum, so a quiet map keeps its detail and a loud one its peak; the
+    colour scale of an overlay comes from the threshold, not from these codes, so frames stay comparable.
+    """
+    values = np.nan_to_num(np.asarray(amap, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0  # a flat map: every code 0, any positive scale
+    codes = np.clip(np.rint((values - lo) / scale), 0, 255).astype(np.uint8)
+    return QuantisedMap(codes, scale, lo)

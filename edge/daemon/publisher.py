@@ -2,6 +2,7 @@
 
 Messages (see edge/wire.py and the README's wire section):
     [b"frame.<camera>", FrameHeader msgpack, mask bytes]   one per judged frame
+        (, map bytes)                                       a fourth part only with publish.mask_kind = "both"
     [b"health.<daemon>", Health msgpack]                   every heartbeat_s, frames or not
 
 Sends never block. A full in-process queue (publisher behind) or, in "drop-and-count" mode, a full
@@ -37,6 +38,7 @@ class Outgoing(NamedTuple):
     header: FrameHeader  # publish_ns and dropped are filled in at send
     mask: bytes
     queued_at: float  # time.monotonic() when handed over, for the publish_wait stage
+    map: bytes = b""  # the quantised map as a fourth part (publish.mask_kind = "both"); none when empty
 
 
 class Publisher(Threaded):
@@ -121,7 +123,8 @@ class Publisher(Threaded):
         header = msgspec.structs.replace(h, publish_ns=publish_ns, dropped=h.seq - previous - 1)
         try:
             # copy only small frames; a big mask goes by reference (zero-copy) to the I/O thread
-            self.sock.send_multipart([topic, encoder.encode(header), item.mask], flags=zmq.NOBLOCK, copy=len(item.mask) < 65536)
+            parts = [topic, encoder.encode(header), item.mask] + ([item.map] if item.map else [])
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=max(len(item.mask), len(item.map)) < 65536)
         except zmq.Again:
             self.hwm_dropped += 1
             self.metrics.publish_dropped("hwm")

@@ -35,8 +35,9 @@ from edge.bundle import Bundle
 from edge.daemon.archive import Archive, Entry
 from edge.daemon.capture import Capture, Frame
 from edge.daemon.config import DaemonConfig
+from edge.daemon.drift import Drift
 from edge.daemon.metrics import Metrics
-from edge.daemon.postprocess import Thresholds, encode_mask, judge
+from edge.daemon.postprocess import Thresholds, encode_mask, judge, quantise_map
 from edge.daemon.publisher import Outgoing, Publisher
 from edge.daemon.threads import Threaded
 from edge.preprocess import FrameError, Roi, fit_frame
@@ -89,6 +90,7 @@ class InferenceWorker(Threaded):
         self.judged = {c.id: 0 for c in cfg.cameras}  # written by this thread only
         self.stats = {c.cfg.id: c.stats for c in captures}
         self.errors = RateLimitedLog(log)
+        self.drift = Drift(cfg.drift, [c.id for c in cfg.cameras], _good_stats(current_model()))  # good-part scores vs the calibration
         self.beat = time.monotonic()  # last loop start: the watchdog pings only while this moves
         # stop() after the captures have stopped: the queues and the batches in flight are drained, then the thread ends.
         super().__init__("inference")
@@ -234,28 +236,46 @@ class InferenceWorker(Threaded):
         m.stage["postprocess"].observe(time.perf_counter() - t0)
 
     def _publish(self, frame: Frame, model: Model, amap: np.ndarray, score: float, roi: Roi) -> None:
-        t = model.thresholds
+        t, pub = model.thresholds, self.cfg.publish
         verdict, regions, mask, reason = judge(amap, score, t, min_region_px=self.cfg.postprocess.min_region_px, max_regions=self.cfg.postprocess.max_regions)
-        encoding = self.cfg.publish.mask if mask is not None else "none"
-        mask_info = MaskInfo(encoding=encoding, height_px=amap.shape[0], width_px=amap.shape[1], roi_x=roi.x, roi_y=roi.y, roi_w=roi.w, roi_h=roi.h)
-        header = self._header(frame, model, score, verdict, regions, mask_info, reason)
-        self._send(frame, header, encode_mask(mask, encoding), mask)
+        grid = dict(height_px=amap.shape[0], width_px=amap.shape[1], roi_x=roi.x, roi_y=roi.y, roi_w=roi.w, roi_h=roi.h)
+        mask_info, mask_part, map_info, map_part = MaskInfo(**grid), b"", MaskInfo(), b""
+        if pub.mask_kind != "map":  # part 3: the binary mask, as schema 1 subscribers read it
+            encoding = pub.mask if mask is not None else "none"
+            mask_info, mask_part = MaskInfo(encoding=encoding, **grid), encode_mask(mask, encoding)
+        if pub.mask_kind != "mask" and pub.mask != "none":  # the quantised map: part 4 ("both") or part 3 ("map")
+            q = quantise_map(amap)
+            map_info = MaskInfo(encoding=pub.mask, kind="map", map_scale=q.scale, map_offset=q.offset, **grid)
+            map_part = encode_mask(q.codes, pub.mask)
+            if pub.mask_kind == "map":
+                (mask_info, mask_part), (map_info, map_part) = (map_info, map_part), (MaskInfo(), b"")
+        header = self._header(frame, model, score, verdict, regions, mask_info, reason, map_info)
+        self.drift.observe(frame.camera, score, verdict, _good_stats(model))
+        self._send(frame, header, mask_part, mask, map_part, amap)
 
     def _publish_unknown(self, frame: Frame, model: Model, reason: str) -> None:
         header = self._header(frame, model, NAN, "unknown", [], MaskInfo(), reason)
         self._send(frame, header, b"", None)
 
-    def _header(self, frame: Frame, model: Model, score, verdict, regions, mask_info, reason) -> FrameHeader:
+    def _header(self, frame: Frame, model: Model, score, verdict, regions, mask_info, reason, map_info: MaskInfo = MaskInfo()) -> FrameHeader:
         t = model.thresholds
         return FrameHeader(
             schema_version=SCHEMA_VERSION, camera=frame.camera, seq=frame.seq, capture_ns=frame.capture_ns, publish_ns=0,
             score=score, threshold=NAN if t.image is None else t.image, verdict=verdict, model_id=model.bundle.model_id,
             regions=regions, mask=mask_info, reason=reason, pixel_threshold=NAN if t.pixel is None else t.pixel, source=frame.source,
+            review_threshold=NAN if t.review is None else t.review, map=map_info,
         )
 
-    def _send(self, frame: Frame, header: FrameHeader, mask_bytes: bytes, mask: np.ndarray | None) -> None:
-        self.publisher.submit(Outgoing(header, mask_bytes, time.monotonic()))
+    def _send(self, frame: Frame, header: FrameHeader, mask_bytes: bytes, mask: np.ndarray | None, map_bytes: bytes = b"", amap: np.ndarray | None = None) -> None:
+        self.publisher.submit(Outgoing(header, mask_bytes, time.monotonic(), map_bytes))
         self.judged[frame.camera] += 1
         self.metrics.judged(frame.camera, header.verdict)
         if self.archive is not None and self.archive.wants(header.verdict):
-            self.archive.submit(Entry(frame.image, mask, header))
+            # a copy: a backend may reuse its output buffer for the next batch while the archive is still behind
+            self.archive.submit(Entry(frame.image, mask, header, None if amap is None else np.array(amap, np.float32)))
+
+
+def _good_stats(model: Model):
+    """The good-score statistics drift is measured against: those of the calibration in the bundle."""
+    cal = model.bundle.manifest.calibration
+    return cal.good_stats if cal is not None else None

@@ -70,6 +70,8 @@ class LiveRenders:
         mask = amap = None
         try:
             amap = wire_map(h.mask, live.mask)
+            if amap is None:  # mask_kind "both": the map travels as a fourth part, described by header.map
+                amap = wire_map(h.map, live.map)
             mask = decode_mask(h.mask, live.mask) if amap is None else None
         except ValueError as e:
             log.warning("%s seq %d: mask not drawn: %s", h.camera, h.seq, e)

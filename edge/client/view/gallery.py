@@ -6,8 +6,8 @@ last: a JSON means the entry is whole). An entry's id is `<camera>/<capture_ns:0
 browser are matched against that pattern and turned into paths only by this module, so no request can
 name a file outside the archive.
 
-Files the archive is expected to gain (issue 17), used when present: `.overlay.png` (the daemon's own
-overlay, shown as is) and `.map.png` (the 8-bit quantised anomaly map; its scale in the header's mask info).
+Files of schema-2 archives, used when present: `.overlay.png` (the daemon's own overlay, shown as is) and
+`.map.png` (the 8-bit quantised anomaly map; its scale in the header's `map`).
 """
 
 from __future__ import annotations
@@ -122,9 +122,12 @@ class Gallery:
 
 
 def archived_map(e: ArchiveEntry) -> np.ndarray | None:
-    """The archive's quantised map (`.map.png`) in model units, when present with a scale in the header."""
+    """The archive's quantised map (`.map.png`) in model units, when present with a scale in the header.
+
+    The archive describes it in the header's `map` (schema 2); a header of the "map" wire mode also in `mask`."""
     codes = _imread(e.file(".map.png"), cv2.IMREAD_GRAYSCALE)
-    mask = e.raw.get("mask") if isinstance(e.raw.get("mask"), dict) else {}
+    described = [part for part in (e.raw.get("map"), e.raw.get("mask")) if isinstance(part, dict) and part.get("kind") == "map"]
+    mask = described[0] if described else (e.raw.get("mask") if isinstance(e.raw.get("mask"), dict) else {})
     scale = mask.get("map_scale")
     if codes is None or not isinstance(scale, (int, float)) or scale <= 0:
         return None

@@ -10,8 +10,9 @@ the legend on the page is read off the same stops.
     1 (the jump)     orange-red: at the threshold the colour changes abruptly, so the line is visible
     1 .. 2 and over  red -> magenta, nearly opaque
 
-The wire today carries a binary mask (pixels above the pixel threshold). An 8-bit quantised anomaly map
-(its scale in the header, see `wire_map`) is dequantised and coloured by these stops.
+The wire carries a binary mask (pixels above the pixel threshold) or, by the daemon's config, an 8-bit
+quantised anomaly map (its scale in the header, see `wire_map`), dequantised and coloured by these stops.
+The daemon's archive and `ssae edge tap --save` draw their overlays with the same stops (render.py).
 """
 
 from __future__ import annotations
@@ -77,10 +78,9 @@ def dequantise(codes: np.ndarray, scale: float, offset: float = 0.0) -> np.ndarr
 def wire_map(info, data: bytes | None) -> np.ndarray | None:
     """The anomaly map a frame's mask part carries, as float32 (H, W); None when it is a binary mask or empty.
 
-    Seam for the wire's quantised map (issue 17), coded against the fields it is expected to gain:
-    `MaskInfo.kind == "map"`, `MaskInfo.map_scale` (anomaly units per code step) and optionally
-    `MaskInfo.map_offset`; the bytes are laid out as `encoding` says (raw or png, 8-bit, height x width).
-    Today's MaskInfo has none of these, so every frame takes the binary-mask path.
+    The wire's quantised map (schema 2): `MaskInfo.kind == "map"`, `MaskInfo.map_scale` (anomaly units per
+    code step) and `MaskInfo.map_offset`; the bytes are laid out as `encoding` says (raw or png, 8-bit,
+    height x width). A schema-1 MaskInfo has none of these, so its frames take the binary-mask path.
     """
     if getattr(info, "kind", "mask") != "map" or not data:
         return None

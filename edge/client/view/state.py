@@ -26,12 +26,12 @@ HEALTHY_STATES = ("streaming", "finished")
 
 
 class LiveFrame:
-    """The latest frame of a camera as received: its header and the mask part (None when not sent)."""
+    """The latest frame of a camera as received: its header, the mask part and the map part (None when not sent)."""
 
-    __slots__ = ("header", "mask", "version", "received_ns")
+    __slots__ = ("header", "mask", "version", "received_ns", "map")
 
-    def __init__(self, header: FrameHeader, mask: bytes | None, version: int, received_ns: int):
-        self.header, self.mask, self.version, self.received_ns = header, mask, version, received_ns
+    def __init__(self, header: FrameHeader, mask: bytes | None, version: int, received_ns: int, map: bytes | None = None):
+        self.header, self.mask, self.version, self.received_ns, self.map = header, mask, version, received_ns, map
 
 
 class _Camera:
@@ -88,7 +88,7 @@ class ViewState:
         with self._lock:
             cam = self._cameras.setdefault(h.camera, _Camera())
             version = cam.latest.version + 1 if cam.latest else 1
-            cam.latest = LiveFrame(h, event.mask, version, event.received_ns)
+            cam.latest = LiveFrame(h, event.mask, version, event.received_ns, event.map)
             cam.frames += 1
             cam.lost += event.lost
             cam.dropped += h.dropped
@@ -167,7 +167,7 @@ class ViewState:
         if health is not None:
             view.update(state=health.state, fps=health.fps, frames_dropped=health.frames_dropped,
                         frames_judged=health.frames_judged, reconnects=health.reconnects, last_error=health.last_error,
-                        drift=finite(getattr(health, "drift", None)), drift_state=getattr(health, "drift_state", None))
+                        drift=finite(getattr(health, "drift", None)), drift_state=getattr(health, "drift_state", None) or None)
         if cam.latest is not None:
             h = cam.latest.header
             view.update(frame_version=cam.latest.version, seq=h.seq, verdict=h.verdict, score=finite(h.score),
