@@ -13,7 +13,8 @@ import msgspec
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_edge_daemon import ctx, make_daemon, receive, run_in_thread, subscribe, write_images  # noqa: F401 (ctx: a fixture)
+import zmq
+from test_edge_daemon import make_daemon, receive, run_in_thread, subscribe, write_images
 
 from edge.client.subscriber import FrameEvent, Subscriber, decode_mask, evidence
 from edge.manifest import Calibration, ScoreStats, read_manifest, write_manifest
@@ -76,6 +77,13 @@ class HealthV1(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=
 
 
 V1 = msgspec.msgpack.Decoder(FrameHeaderV1 | HealthV1)
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
 
 # Images whose scores on the tiny model lie far apart (flat grey scores ~0, low-contrast noise ~0.007,
 # full noise ~0.13, black ~0.27); the test reads the real scores and places the thresholds between them.
@@ -225,3 +233,21 @@ def test_a_png_map_keeps_its_codes(tmp_path):
     np.testing.assert_allclose(decoded, q.offset + q.codes.astype(np.float32) * q.scale, rtol=1e-6)
     assert np.abs(decoded - amap).max() <= q.scale / 2 * 1.001
     assert cv2.imdecode(np.frombuffer(encode_mask(q.codes, "png"), np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+
+
+def test_a_band_sent_over_control_judges_review_and_a_band_above_the_threshold_is_refused(tiny_bundle, tmp_path):
+    from edge.wire import ApplyThresholds
+
+    scores, _ = reference(tiny_bundle, {"c-noise.png": IMAGES["c-noise.png"]})
+    s = scores["c-noise.png"]
+    folder = write_images(tmp_path / "imgs", {"c-noise.png": IMAGES["c-noise.png"]})
+    daemon = make_daemon(tiny_bundle, [{"id": "cam", "source": str(folder)}], publish={"wait_for_subscriber_s": 10})
+    refused = daemon.handle(ApplyThresholds(image_threshold=s * 2, review_threshold=s * 3))
+    assert not refused.ok and "review threshold" in refused.message and daemon.model.thresholds.review is None
+    assert daemon.handle(ApplyThresholds(image_threshold=s * 2, review_threshold=s / 2)).ok
+    with Subscriber(daemon.publisher.endpoints[0], health=False) as sub:
+        thread, result = run_in_thread(daemon)
+        event = sub.receive(10)
+        thread.join(10)
+    assert result["code"] == 0 and isinstance(event, FrameEvent)
+    assert event.header.verdict == "review" and event.header.review_threshold == pytest.approx(s / 2)

@@ -1,4 +1,4 @@
-"""The view's colour scale is anchored to the threshold; the quantised-map path works on synthetic maps now."""
+"""The view's colour scale is anchored to the threshold; the quantised map of the wire is dequantised and coloured by it."""
 
 from __future__ import annotations
 
@@ -6,18 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.client.view.render import GRID_BACKGROUND, render_overlay
-from edge.client.view.scale import MASK_RATIO, dequantise, evidence_rgba, ratio_rgba, wire_map
+from edge.client.view.scale import wire_map
+from edge.overlay import GRID_BACKGROUND, MASK_RATIO, dequantise, evidence_rgba, ratio_rgba, render_overlay
 from edge.wire import MaskInfo
 from viewpage import header
-
-
-class MapInfo(MaskInfo, frozen=True, kw_only=True):
-    """MaskInfo as the wire is expected to extend it for the 8-bit quantised map (issue 17)."""
-
-    kind: str = "mask"
-    map_scale: float = 0.0
-    map_offset: float = 0.0
 
 
 def test_a_value_gets_the_same_colour_whatever_else_the_frame_holds():
@@ -75,9 +67,9 @@ def test_dequantise_refuses_a_scale_that_is_not_positive():
 
 def test_wire_map_reads_the_expected_map_fields_and_ignores_a_binary_mask():
     codes = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
-    raw = MapInfo(encoding="raw", height_px=4, width_px=4, kind="map", map_scale=0.05, map_offset=0.1)
+    raw = MaskInfo(encoding="raw", height_px=4, width_px=4, kind="map", map_scale=0.05, map_offset=0.1)
     assert np.allclose(wire_map(raw, codes.tobytes()), 0.1 + codes * 0.05)
-    png = MapInfo(encoding="png", height_px=4, width_px=4, kind="map", map_scale=0.05)
+    png = MaskInfo(encoding="png", height_px=4, width_px=4, kind="map", map_scale=0.05)
     assert np.allclose(wire_map(png, cv2.imencode(".png", codes)[1].tobytes()), codes * 0.05)
     today = MaskInfo(encoding="raw", height_px=4, width_px=4)  # the wire as it is: a binary mask
     assert wire_map(today, codes.tobytes()) is None

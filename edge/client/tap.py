@@ -6,7 +6,7 @@ atomically:
 
     <camera>-<capture time, UTC>-<seq>.png   the overlay: the anomaly map when the wire carries it (publish.mask_kind
                                              "map" or "both"), else the mask, coloured on the view's scale anchored to
-                                             the threshold (edge/client/view/scale.py), each region's box and peak
+                                             the threshold (edge/overlay.py), each region's box and peak
                                              score, on the model-input grid scaled up for reading; the wire carries no
                                              camera image, so this is not a photo
     <camera>-<capture time, UTC>-<seq>.json  the frame header as received
@@ -76,7 +76,7 @@ def render_defect(header: FrameHeader, mask: np.ndarray | None, amap: np.ndarray
     """BGR image: the map (else the mask) and the regions on the model grid, as the view draws them, with a caption."""
     import cv2
 
-    from edge.client.view.render import render_overlay  # numpy and OpenCV only
+    from edge.overlay import render_overlay
 
     img = render_overlay(header, mask=mask, amap=amap)
     caption = f"{header.camera} #{header.seq} {header.verdict} score {header.score:.4g} thr {header.threshold:.4g}"

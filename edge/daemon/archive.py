@@ -39,12 +39,12 @@ import cv2
 import msgspec
 import numpy as np
 
-from edge.client.view.render import render_overlay  # numpy and OpenCV only: the view's colours, no web stack
 from edge.daemon.config import ArchiveConfig
 from edge.daemon.postprocess import quantise_map
 from edge.daemon.threads import Threaded
 from edge.errors import UserError
 from edge.files import atomic_write_bytes, write_new_bytes
+from edge.overlay import render_overlay
 from edge.ratelimit import RateLimitedLog
 from edge.wire import FrameHeader, header_json
 

@@ -1,8 +1,8 @@
 """The control endpoint: a REP socket on its own thread taking the wire's Request structs.
 
-    Reload(bundle=None | path)             load the bundle (fully) and swap it in between batches
-    ApplyThresholds(image, pixel=None)     judge from the next batch on with these thresholds
-    Status()                               model id and thresholds in force, with a one-line summary
+    Reload(bundle=None | path)                       load the bundle (fully) and swap it in between batches
+    ApplyThresholds(image, pixel=None, review=None)  judge from the next batch on with these thresholds (and band)
+    Status()                                         model id and thresholds in force, with a one-line summary
 
 Every request gets exactly one Reply (REP demands it), including malformed ones. The client side is
 edge/client/control.py. Behind CURVE via open_bound's `secure` hook.

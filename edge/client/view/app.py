@@ -36,10 +36,10 @@ from starlette.staticfiles import StaticFiles
 
 from edge.client.subscriber import decode_mask
 from edge.client.view.gallery import Gallery
-from edge.client.view.render import encode_png, render_overlay
 from edge.client.view.review import LABELS, MarkRefused, Review
 from edge.client.view.scale import legend, wire_map
 from edge.client.view.state import ViewState, finite
+from edge.overlay import encode_png, render_overlay
 
 STATIC = Path(__file__).with_name("static")
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]

@@ -21,8 +21,7 @@ import cv2
 import msgspec
 import numpy as np
 
-from edge.client.view.render import encode_png, render_overlay
-from edge.client.view.scale import dequantise
+from edge.overlay import dequantise, encode_png, render_overlay
 from edge.wire import FrameHeader
 
 CAMERA = re.compile(r"^[a-z0-9_-]{1,64}$")  # the daemon config's camera id pattern
