@@ -1,5 +1,6 @@
 """The state view the OPC UA and MQTT adapters share, fed with real subscriber events (no sockets needed:
-the rules are about time and sequence numbers; the adapters' own tests run them over real sockets)."""
+the rules are about time and sequence numbers; the adapters' own tests run them over real sockets), and a
+review verdict through a real subscriber."""
 
 from __future__ import annotations
 
@@ -81,3 +82,23 @@ def test_configured_camera_the_daemon_does_not_report_is_an_error():
     insp.on_event(health(STREAMING), 0.0)
     view = insp.view(0.0, tally())
     assert view.cameras[1].camera == "cam9" and view.cameras[1].reason == "camera not reported by the daemon"
+
+
+def test_a_review_verdict_passes_through_the_real_subscriber_as_it_came():
+    from wirepub import WirePublisher
+
+    from edge.adapter.follow import open_subscriber
+
+    with WirePublisher() as pub:
+        cfg = FollowConfig(endpoint=pub.endpoint, cameras=["cam1"])
+        insp = Inspector(cfg)
+        with open_subscriber(cfg) as sub:
+            pub.wait_for_subscribers(2)
+            pub.health(0, cameras=[STREAMING])
+            pub.frame("cam1", 0, verdict="review", score=0.4)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and insp.view(0.0, sub.tally()).cameras[0].last is None:
+                insp.on_event(sub.receive(0.2), time.monotonic())
+            view = insp.view(time.monotonic(), sub.tally())
+    cam = view.cameras[0]
+    assert cam.last is not None and cam.last.verdict == "review" and cam.defects == 0 and cam.frames == 1
