@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: part_id, recipe, trigger_id; trigger counts; the active recipe; Trigger, SelectRecipe
 
 Verdict = Literal["ok", "defect", "unknown"]
 CameraState = Literal["starting", "streaming", "reconnecting", "failed", "finished"]
@@ -63,6 +63,9 @@ class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     reason: str = ""  # why "unknown" (wrong size, backend error, uncalibrated, ...)
     pixel_threshold: float = 0.0
     source: str = ""  # file name / URL / device of the frame, for traceability
+    part_id: str = ""  # from the trigger this frame answers (the PLC's part id); "" for free-running frames
+    recipe: str = ""  # the recipe (product) whose model judged the frame
+    trigger_id: int = 0  # the daemon's number of the trigger this frame answers (per camera, from 1); 0 = not triggered
 
 
 class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +78,9 @@ class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
     reconnects: int = 0
     skipped_files: int = 0
     last_error: str = ""
+    triggers: int = 0  # triggers accepted for this camera since start
+    triggers_refused: int = 0  # refused: one was still waiting for a frame (busy), or the camera was not streaming
+    triggers_missed: int = 0  # accepted, but no frame was captured within the trigger's timeout
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="health"):
@@ -89,6 +95,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="h
     image_threshold: float
     cameras: list[CameraHealth] = []
     publish_dropped: int = 0  # messages the publisher dropped because its queue was full
+    recipe: str = ""  # the active recipe
+    recipes: list[str] = []  # every recipe of the config, in order: number n (a PLC's choice) is recipes[n - 1]
 
 
 Message = FrameHeader | Health
@@ -108,7 +116,23 @@ class Status(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="s
     pass
 
 
-Request = Reload | ApplyThresholds | Status
+class Trigger(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="trigger"):
+    """Inspect the next frame of `camera` captured after this request arrives; it carries part_id and the
+    reply's trigger_id. One trigger per camera at a time: another while one waits is refused (busy)."""
+
+    camera: str
+    part_id: str = ""
+    timeout_ms: float = 1000.0  # no frame captured within this: the trigger expires (a missed acquisition)
+
+
+class SelectRecipe(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="recipe"):
+    """Switch to a recipe of the config, by name or by number (1 = the first [[recipes]]), between frames."""
+
+    name: str = ""
+    number: int = 0  # used when name is ""
+
+
+Request = Reload | ApplyThresholds | Status | Trigger | SelectRecipe
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="reply"):
@@ -117,6 +141,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="re
     model_id: str = ""
     image_threshold: float = 0.0
     pixel_threshold: float = 0.0
+    recipe: str = ""  # the recipe in force after the request
+    trigger_id: int = 0  # Trigger: the number the answering frame's header will carry
 
 
 def frame_topic(camera: str) -> bytes:
