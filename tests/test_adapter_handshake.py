@@ -225,3 +225,17 @@ def test_handshake_config_errors_name_the_field_and_the_fix(tmp_path, control, c
     path.write_text(BASE.format(control='control = "tcp://127.0.0.1:5556"', camera="cam1", coils=10).replace("registers = 20", "registers = 30"))
     with pytest.raises(UserError, match="handshake.registers\\+10 and outputs.status_register are both holding register 40"):
         load_adapter_config(path)
+
+
+def test_the_example_handshake_loads_once_uncommented(tmp_path):
+    from pathlib import Path
+
+    from edge.adapter.config import load_adapter_config
+
+    text = (Path(__file__).resolve().parent.parent / "configs" / "adapter" / "modbus.toml").read_text()
+    block = text[text.index("# [handshake]") :]
+    live = text.replace("# control = ", "control = ").replace(block, "\n".join(line[2:] for line in block.splitlines()))
+    path = tmp_path / "modbus.toml"
+    path.write_text(live)
+    cfg = load_adapter_config(path)
+    assert cfg.handshake is not None and cfg.handshake.camera in cfg.daemon.cameras and cfg.daemon.control
