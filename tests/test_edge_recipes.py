@@ -216,3 +216,35 @@ def test_a_single_bundle_is_one_recipe():
     assert named.start_recipe.name == "part-7"
     listed = config_from_dict({"recipes": [{"name": "a", "bundle": "a"}, {"name": "b", "bundle": "b"}], "recipe": "b", "cameras": [{"id": "c", "source": "0"}]})
     assert listed.start_recipe.bundle == "b" and [r.name for r in listed.recipe_list] == ["a", "b"]
+
+
+def test_sighup_rereads_the_recipes_and_reloads_the_active_one(tiny_bundle, tmp_path):
+    b = variant(tiny_bundle, tmp_path / "b", "b")
+    config = tmp_path / "line.toml"
+    text = f"""cameras = [{{ id = "cam", source = "0" }}]
+threads = 1
+recipe = "a"
+[publish]
+endpoints = ["tcp://127.0.0.1:*"]
+[[recipes]]
+name = "a"
+bundle = "{tiny_bundle}"
+[[recipes]]
+name = "b"
+bundle = "{b}"
+image_threshold = 0.5
+"""
+    config.write_text(text)
+    from edge.daemon.config import load_config
+
+    daemon = Daemon(load_config(config), config_path=config)
+    try:
+        assert daemon.select_recipe("b", 0).ok and daemon.model.thresholds.image == 0.5
+        config.write_text(text.replace("image_threshold = 0.5", "image_threshold = 0.7"))
+        reply = daemon.reload(reread_config=True)
+        assert reply.ok and reply.recipe == "b" and daemon.model.thresholds.image == 0.7 and daemon.model.bundle.model_id == read_manifest(b).model_id
+        config.write_text(text.replace('name = "b"', 'name = "b2"'))  # the running recipe vanished from the file
+        refused = daemon.reload(reread_config=True)
+        assert not refused.ok and "the running recipe 'b' is no longer in the config" in refused.message and daemon.model.recipe == "b"
+    finally:
+        daemon.shutdown()
