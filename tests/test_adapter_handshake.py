@@ -239,3 +239,28 @@ def test_the_example_handshake_loads_once_uncommented(tmp_path):
     path.write_text(live)
     cfg = load_adapter_config(path)
     assert cfg.handshake is not None and cfg.handshake.camera in cfg.daemon.cameras and cfg.daemon.control
+
+
+def test_edges_not_levels_and_recipe_wishes():
+    """A coil already high when the adapter (re)connects is no trigger; recipe_select acts on changes, 0 then n again."""
+    from edge.adapter.handshake import ControlAnswer, Handshake, HandshakeConfig, Inputs
+    from edge.wire import Reply, SelectRecipe, Trigger
+
+    sent = []
+    hs = Handshake(HandshakeConfig(camera="cam", coils=0, registers=10), lambda v: 0, lambda kind, r: sent.append(r) or True)
+    hs.on_inputs(Inputs(True, False, 2, [0, 1]), 0.0, True)
+    assert sent == [SelectRecipe(number=2)] and hs.phase == "idle"  # the trigger level at start is a baseline
+    hs.on_inputs(Inputs(True, False, 2, [0, 1]), 0.01, True)
+    hs.on_inputs(Inputs(False, False, 0, [0, 1]), 0.02, True)
+    hs.on_inputs(Inputs(True, False, 2, [0, 1]), 0.03, True)
+    assert sent[1:] == [SelectRecipe(number=2), Trigger(camera="cam", part_id="1", timeout_ms=500.0)] and hs.phase == "requesting"
+    hs.on_answer(ControlAnswer("trigger", sent[-1], Reply(ok=True, trigger_id=4)), 0.04)
+    hs.on_result(FrameHeader(schema_version=2, camera="cam", seq=9, capture_ns=1, publish_ns=2, score=0.1, threshold=0.5, verdict="ok", model_id="m", part_id="1", trigger_id=4), 0.05)
+    assert hs.phase == "holding" and hs.desired(True)[("coil", 3)] == 1  # results_ready
+    hs.reconnected()
+    hs.on_inputs(Inputs(False, True, 2, [0, 1]), 0.06, True)  # an ack already high at reconnect acknowledges nothing
+    hs.on_inputs(Inputs(False, True, 2, [0, 1]), 0.07, True)
+    assert hs.phase == "holding"
+    hs.on_inputs(Inputs(False, False, 2, [0, 1]), 0.08, True)
+    hs.on_inputs(Inputs(False, True, 2, [0, 1]), 0.09, True)
+    assert hs.phase == "idle" and len(sent) == 3

@@ -152,9 +152,9 @@ class Handshake:
 
     def on_inputs(self, inputs: Inputs, now_s: float, available: bool) -> None:
         old, self.levels = self.levels, inputs
-        if inputs.recipe and inputs.recipe != self.recipe_asked:  # a new wish (also the first one read)
+        if inputs.recipe != self.recipe_asked:  # a new wish (also the first one read); 0 = none, so 0 then n asks again
             self.recipe_asked = inputs.recipe
-            if not self.send("recipe", SelectRecipe(number=inputs.recipe)):
+            if inputs.recipe and not self.send("recipe", SelectRecipe(number=inputs.recipe)):
                 self._fail("no_answer", "recipe %d not asked for: the control link's queue is full", inputs.recipe)
         if old is None:
             return
