@@ -24,7 +24,7 @@ from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # 2: review band, quantised map part, drift; part_id, recipe, trigger_id; trigger counts; the active recipe; Trigger, SelectRecipe
 NAN = float("nan")
 
 Verdict = Literal["ok", "defect", "review", "unknown"]
@@ -79,6 +79,9 @@ class FrameHeader(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     # Schema 2:
     review_threshold: float = NAN  # lower edge of the uncertain band; NaN = no band
     map: MaskInfo = MaskInfo()  # the fourth part (publish.mask_kind = "both"): the quantised map beside the mask
+    part_id: str = ""  # from the trigger this frame answers (the PLC's part id); "" for free-running frames
+    recipe: str = ""  # the recipe (product) whose model judged the frame
+    trigger_id: int = 0  # the daemon's number of the trigger this frame answers (per camera, from 1); 0 = not triggered
 
 
 class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,6 +98,9 @@ class CameraHealth(msgspec.Struct, frozen=True, kw_only=True):
     # band: 0 = the calibrated good median (p50), 1 = the calibrated good p99. NaN while there is none.
     drift: float = NAN
     drift_state: str = ""  # "ok" inside 0..1, "high", "low", "warming-up"; "" = not checked (no calibrated band)
+    triggers: int = 0  # triggers accepted for this camera since start
+    triggers_refused: int = 0  # refused: one was still waiting for a frame (busy), or the camera was not streaming
+    triggers_missed: int = 0  # accepted, but no frame was captured within the trigger's timeout
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="health"):
@@ -109,6 +115,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="h
     image_threshold: float
     cameras: list[CameraHealth] = []
     publish_dropped: int = 0  # messages the publisher dropped because its queue was full
+    recipe: str = ""  # the active recipe
+    recipes: list[str] = []  # every recipe of the config, in order: number n (a PLC's choice) is recipes[n - 1]
 
 
 Message = FrameHeader | Health
@@ -129,7 +137,23 @@ class Status(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="s
     pass
 
 
-Request = Reload | ApplyThresholds | Status
+class Trigger(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="trigger"):
+    """Inspect the next frame of `camera` captured after this request arrives; it carries part_id and the
+    reply's trigger_id. One trigger per camera at a time: another while one waits is refused (busy)."""
+
+    camera: str
+    part_id: str = ""
+    timeout_ms: float = 1000.0  # no frame captured within this: the trigger expires (a missed acquisition)
+
+
+class SelectRecipe(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="recipe"):
+    """Switch to a recipe of the config, by name or by number (1 = the first [[recipes]]), between frames."""
+
+    name: str = ""
+    number: int = 0  # used when name is ""
+
+
+Request = Reload | ApplyThresholds | Status | Trigger | SelectRecipe
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="reply"):
@@ -138,6 +162,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="re
     model_id: str = ""
     image_threshold: float = 0.0
     pixel_threshold: float = 0.0
+    recipe: str = ""  # the recipe in force after the request
+    trigger_id: int = 0  # Trigger: the number the answering frame's header will carry
 
 
 def header_json(header: FrameHeader) -> bytes:

@@ -47,8 +47,8 @@ def wait_for(condition, timeout_s=5.0, what="condition"):
 class PlcSim:
     """A real pymodbus TCP server in its own asyncio thread; records every write with its time."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, port: int, size: int = 32):
+        self.port, self.size = port, size
         self.writes: list[tuple[float, str, int, int]] = []  # (monotonic, "coil"/"reg", address, value)
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -60,7 +60,7 @@ class PlcSim:
         assert ready.wait(5), "modbus server did not start"
 
     async def _serve(self, ready: threading.Event) -> None:
-        device = ModbusDeviceContext(co=ModbusSequentialDataBlock(1, [False] * 32), hr=ModbusSequentialDataBlock(1, [0] * 32))
+        device = ModbusDeviceContext(co=ModbusSequentialDataBlock(1, [False] * self.size), hr=ModbusSequentialDataBlock(1, [0] * self.size))
         self.server = ModbusTcpServer(ModbusServerContext(devices={1: device}, single=False), address=("127.0.0.1", self.port), trace_pdu=self._trace)
         self.loop = asyncio.get_running_loop()
         await self.server.serve_forever(background=True)

@@ -178,11 +178,12 @@ def test_results_arrive_as_json_with_qos_and_retain(rig):
     listener.next(f"{PREFIX}/state", where=lambda s: s["state"] in ("ready", "busy"))
     region = {"x": 1, "y": 2, "w": 3, "h": 4, "area_px": 12, "peak_score": 0.95}
     line.frame(camera="cam1", seq=0, verdict="ok", score=0.1)
-    sent = line.frame(camera="cam1", seq=2, verdict="defect", score=0.8, regions=[region])  # seq 1 lost on the way
+    sent = line.frame(camera="cam1", seq=2, verdict="defect", score=0.8, regions=[region], part_id="P-42", recipe="b", trigger_id=3)  # seq 1 lost on the way
     line.frame(camera="cam1", seq=3, verdict="unknown", score=float("nan"))
     first = listener.next(f"{PREFIX}/cam1/result")
     _, body, retain, _ = listener.next(f"{PREFIX}/cam1/result")
     assert first[1]["seq"] == 0 and first[1]["lost"] == 0 and first[3] == 1  # QoS 1 end to end
+    assert (first[1]["part_id"], first[1]["recipe"], body["part_id"], body["recipe"]) == ("", "", "P-42", "b")  # a free-running frame, a triggered one
     assert (body["seq"], body["verdict"], body["lost"], body["regions"]) == (2, "defect", 1, [region])
     assert body["score"] == pytest.approx(0.8) and body["threshold"] == pytest.approx(0.5)
     assert body["capture_ns"] == sent.capture_ns and body["daemon"] == "d1" and body["model_id"] == "m" * 64 and not retain

@@ -24,6 +24,7 @@ from edge.adapter.opcua import run_opcua_adapter
 from edge.adapter.opcua_certs import create_certificate
 from edge.adapter.opcua_config import OpcuaAdapterConfig, load_opcua_config
 from edge.errors import UserError
+from edge.manifest import read_manifest
 from wireline import Line
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -144,14 +145,16 @@ def test_results_counters_and_state_over_an_encrypted_session(secure, certs):
         async with await secure_client(adapter.url, certs) as c:
             line.frame(camera="cam1", seq=0, verdict="ok", score=0.1)
             line.frame(camera="cam1", seq=1, verdict="defect", score=0.9, regions=[region])
-            last = line.frame(camera="cam1", seq=4, verdict="defect", score=0.7, dropped=1)  # seq 2, 3: one dropped by the daemon, one lost
+            last = line.frame(camera="cam1", seq=4, verdict="defect", score=0.7, dropped=1, part_id="P-42", recipe="b")  # seq 2, 3: one dropped by the daemon, one lost
             await until(c, f"{p}.State", {"error"})
             reason, frames, defects, lost, dropped = await read(c, f"{p}.StateReason", *(f"{p}.Counters.{n}" for n in ("Frames", "Defects", "Lost", "Dropped")))
             assert "1 frame(s) lost" in reason
             assert (frames, defects, lost, dropped) == (3, 2, 1, 1)
-            verdict, score, threshold, seq, model_id, regions, count, captured = await read(
-                c, *(f"{p}.Result.{n}" for n in ("Verdict", "Score", "Threshold", "Seq", "ModelId", "Regions", "RegionCount", "CaptureTime"))
+            verdict, score, threshold, seq, model_id, regions, count, captured, part = await read(
+                c, *(f"{p}.Result.{n}" for n in ("Verdict", "Score", "Threshold", "Seq", "ModelId", "Regions", "RegionCount", "CaptureTime", "PartId"))
             )
+            assert part == "P-42"
+            assert await until(c, "Inspector.Recipe", {"b"}) == "b"  # no recipe in this line's heartbeats: the latest frame's
             assert (verdict, score, threshold, seq, model_id, count) == ("defect", pytest.approx(0.7), pytest.approx(0.5), 4, "m" * 64, 0)
             assert json.loads(regions) == []
             assert abs(captured.timestamp() - last.capture_ns / 1e9) < 0.01
@@ -160,8 +163,8 @@ def test_results_counters_and_state_over_an_encrypted_session(secure, certs):
             # A clean stream for recover_after_s: back to busy (a frame within idle_after_s) or ready.
             line.frame(camera="cam1", seq=5, verdict="ok", score=0.2, regions=[region])
             await until(c, f"{p}.State", {"busy", "ready"})
-            regions, count, verdict = await read(c, f"{p}.Result.Regions", f"{p}.Result.RegionCount", f"{p}.Result.Verdict")
-            assert json.loads(regions) == [region] and count == 1 and verdict == "ok"
+            regions, count, verdict, part = await read(c, f"{p}.Result.Regions", f"{p}.Result.RegionCount", f"{p}.Result.Verdict", f"{p}.Result.PartId")
+            assert json.loads(regions) == [region] and count == 1 and verdict == "ok" and part == ""  # a free-running frame has no part id
 
     asyncio.run(check())
 
@@ -223,7 +226,8 @@ def test_cameras_from_heartbeats_and_unavailable_on_stop():
     cameras = [wire.CameraHealth(camera="cam1", state="streaming"), wire.CameraHealth(camera="cam2", state="reconnecting", last_error="rtsp timeout")]
     line = Line(PERIOD_S, cameras=cameras)
     port = free_port()
-    adapter = Running(adapter_config(line.endpoint, port, {"policy": "none", "allow_anonymous": True}, cameras=[]), port)
+    # daemon.control makes SelectRecipe exist; recipe_select "certificate" refuses it to a session without one.
+    adapter = Running(adapter_config(line.endpoint, port, {"policy": "none", "allow_anonymous": True}, cameras=[], control="tcp://127.0.0.1:1"), port)
     seen: list[str] = []
 
     class Handler:
@@ -241,6 +245,8 @@ def test_cameras_from_heartbeats_and_unavailable_on_stop():
             assert reason == "camera reconnecting: rtsp timeout" and cam1 in ("ready", "busy")
             (reason,) = await read(c, "Inspector.StateReason")
             assert reason == "cam2: camera reconnecting: rtsp timeout"
+            with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):  # anonymous: may read, may not switch
+                await c.get_node(ua.NodeId("Inspector", ns)).call_method(ua.NodeId("Inspector.SelectRecipe", ns), ua.Variant("a", ua.VariantType.String))
             deadline = time.monotonic() + 5
             while "error" not in seen and time.monotonic() < deadline:  # the subscription has caught up
                 await asyncio.sleep(0.02)
@@ -317,3 +323,46 @@ def test_cli_refuses_a_bad_config_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["adapter", "opcua", str(write(tmp_path, DAEMON + "[server]\n"))])
     assert result.exit_code == 2
     assert "server.security is missing" in result.output and "Traceback" not in result.output
+
+
+def test_select_recipe_method_switches_a_real_daemon(certs, tiny_bundle, tmp_path):
+    """Inspector.SelectRecipe calls the daemon's control endpoint; a corrupt recipe is refused, the running one stays."""
+    from edge.daemon.config import config_from_dict
+    from edge.daemon.daemon import Daemon
+    from test_edge_daemon import noise, write_images
+    from test_edge_recipes import corrupt, variant
+
+    folder = write_images(tmp_path / "imgs", {f"{i}.png": noise((32, 32, 3), i) for i in range(2)})
+    recipes = [{"name": "a", "bundle": str(tiny_bundle)}, {"name": "b", "bundle": str(variant(tiny_bundle, tmp_path / "b", "b"))}, {"name": "c", "bundle": str(corrupt(tiny_bundle, tmp_path / "c"))}]
+    daemon = Daemon(config_from_dict({
+        "cameras": [{"id": "cam1", "source": str(folder), "loop": True, "pace_fps": 20}], "recipes": recipes, "threads": 1,
+        "control": {"endpoint": "tcp://127.0.0.1:*"}, "publish": {"endpoints": ["tcp://127.0.0.1:*"], "heartbeat_s": 0.2},
+    }, origin="test"))  # fmt: skip
+    daemon_thread = threading.Thread(target=daemon.run, name="test-daemon", daemon=True)
+    daemon_thread.start()
+    port = free_port()
+    security = {"policy": "Basic256Sha256", "certificate": str(certs / "server.der"), "private_key": str(certs / "server.pem"),
+                "trusted_clients": str(certs / "trusted")}  # fmt: skip
+    adapter = Running(adapter_config(daemon.publisher.endpoints[0], port, security, control=daemon.control.endpoints[0]), port)
+
+    async def check():
+        async with await secure_client(adapter.url, certs) as c:
+            ns = await c.get_namespace_index(NS_URI)
+            inspector, method = c.get_node(ua.NodeId("Inspector", ns)), ua.NodeId("Inspector.SelectRecipe", ns)
+            assert await until(c, "Inspector.Recipe", {"a"}) == "a"
+            ok, message = await inspector.call_method(method, ua.Variant("b", ua.VariantType.String))
+            assert ok and "recipe b active" in message, message
+            await until(c, "Inspector.Recipe", {"b"})
+            await until(c, "Inspector.ModelId", {read_manifest(tmp_path / "b").model_id})
+            ok, message = await inspector.call_method(method, ua.Variant("c", ua.VariantType.String))
+            assert not ok and "sha256" in message and "recipe b stays" in message
+            (recipe,) = await read(c, "Inspector.Recipe")
+            assert recipe == "b"
+
+    try:
+        asyncio.run(check())
+    finally:
+        adapter.close()
+        daemon.request_stop()
+        daemon_thread.join(10)
+    assert daemon.model.recipe == "b"

@@ -15,10 +15,10 @@ STREAMING = (wire.CameraHealth(camera="cam1", state="streaming"),)
 
 
 class Line:
-    def __init__(self, period_s: float = 0.1, cameras=STREAMING, daemon: str = "d1") -> None:
+    def __init__(self, period_s: float = 0.1, cameras=STREAMING, daemon: str = "d1", **health) -> None:
         self.pub = WirePublisher()
         self.endpoint = self.pub.endpoint
-        self.period_s, self.cameras, self.daemon = period_s, list(cameras), daemon
+        self.period_s, self.cameras, self.daemon, self.health = period_s, list(cameras), daemon, health  # health: later-schema fields
         self.lock = threading.Lock()
         self.beating = threading.Event()  # clear() stops the heartbeats, set() resumes them
         self.beating.set()
@@ -39,7 +39,7 @@ class Line:
         while not self._stop.wait(self.period_s):
             if self.beating.is_set():
                 with self.lock:
-                    self.pub.health(self._seq, daemon=self.daemon, period_s=self.period_s, cameras=self.cameras)
+                    self.pub.health(self._seq, daemon=self.daemon, period_s=self.period_s, cameras=self.cameras, **self.health)
                     self._seq += 1
 
     def frame(self, **kw):

@@ -38,7 +38,7 @@ class WirePublisher:
             if msg[:1] == b"\x01":
                 self.subscriptions.add(msg[1:])
 
-    def frame(self, camera="cam1", seq=0, *, dropped=0, verdict="ok", score=0.1, threshold=0.5, mask=b"", mask_info=None, regions=(), capture_ns=None):
+    def frame(self, camera="cam1", seq=0, *, dropped=0, verdict="ok", score=0.1, threshold=0.5, mask=b"", mask_info=None, regions=(), capture_ns=None, **fields):
         now = time.time_ns()
         header = FrameHeader(
             schema_version=SCHEMA_VERSION,
@@ -53,11 +53,12 @@ class WirePublisher:
             regions=[Region(**r) for r in regions],
             dropped=dropped,
             mask=mask_info or MaskInfo(),
+            **fields,  # later-schema fields: part_id, recipe, ...
         )
         self.sock.send_multipart([frame_topic(camera), self.encoder.encode(header), mask])
         return header
 
-    def health(self, seq=0, *, daemon="d1", period_s=1.0, cameras=()):
+    def health(self, seq=0, *, daemon="d1", period_s=1.0, cameras=(), **fields):
         body = Health(
             schema_version=SCHEMA_VERSION,
             daemon=daemon,
@@ -69,6 +70,7 @@ class WirePublisher:
             model_id="m" * 64,
             image_threshold=0.5,
             cameras=list(cameras),
+            **fields,
         )
         self.sock.send_multipart([health_topic(daemon), self.encoder.encode(body)])
         return body

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
+from edge.adapter.handshake import COILS, REGISTERS, HandshakeConfig
 from edge.errors import UserError
 from edge.files import read_config_file
 from edge.security import ClientSecurityConfig
@@ -40,10 +41,13 @@ class StreamConfig(Strict, kw_only=True):
     # or passed ("pass": the band only flags parts, e.g. for the view's gallery)
     on_review: Literal["reject", "pass"] = "reject"
     security: ClientSecurityConfig = ClientSecurityConfig()
+    control: str = ""  # the daemon's control endpoint (its [control].endpoint), for [handshake]; same security
 
     def __post_init__(self) -> None:
         if not ENDPOINT_RE.match(self.endpoint):
             raise ValueError(f"daemon.endpoint = {self.endpoint!r} is not a ZeroMQ endpoint; write it like tcp://127.0.0.1:5555")
+        if self.control and not ENDPOINT_RE.match(self.control):
+            raise ValueError(f"daemon.control = {self.control!r} is not a ZeroMQ endpoint; write it like tcp://127.0.0.1:5556")
 
 
 class PlcConfig(Strict, kw_only=True):
@@ -114,9 +118,17 @@ class AdapterConfig(Strict, kw_only=True):
     plc: PlcConfig
     reject: RejectConfig
     outputs: OutputsConfig
+    handshake: HandshakeConfig | None = None  # absent: free-running (every frame of the gate's cameras is a part)
 
     def __post_init__(self) -> None:
         coils = {"reject.coil": self.reject.coil, "outputs.unavailable_coil": self.outputs.unavailable_coil, "outputs.alive_coil": self.outputs.alive_coil}
+        hs = self.handshake
+        if hs is not None:
+            coils.update({f"handshake.coils+{i}" if i else "handshake.coils": hs.coils + i for i in range(COILS)})
+            if not self.daemon.control:
+                raise ValueError("[handshake] needs daemon.control, the daemon's control endpoint (its [control].endpoint), to send triggers and recipe choices")
+            if self.daemon.cameras and hs.camera not in self.daemon.cameras:
+                raise ValueError(f"handshake.camera = {hs.camera!r} is not in daemon.cameras ({', '.join(self.daemon.cameras)}); add it there or fix the name")
         _unique(coils, "coil")
         o = self.outputs
         regs = {
@@ -128,6 +140,8 @@ class AdapterConfig(Strict, kw_only=True):
         if enc is not None and enc.kind == "holding":
             for w in range(enc.words):
                 regs[f"reject.encoder.register+{w}" if w else "reject.encoder.register"] = enc.register + w
+        if hs is not None:
+            regs.update({f"handshake.registers+{i}" if i else "handshake.registers": hs.registers + i for i in range(REGISTERS)})
         _unique(regs, "holding register")
 
 

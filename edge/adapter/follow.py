@@ -51,10 +51,13 @@ class FollowConfig(Strict, kw_only=True):
     idle_after_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0  # streaming but no frame this long: "ready", not "busy"
     on_dropped: Literal["ignore", "error"] = "ignore"  # frames the daemon dropped (header.dropped): "error" on triggered lines
     security: ClientSecurityConfig = ClientSecurityConfig()  # the same [daemon.security] as the Modbus adapter
+    control: str = ""  # the daemon's control endpoint ([control].endpoint): OPC UA's SelectRecipe method calls it
 
     def __post_init__(self) -> None:
         if not ENDPOINT_RE.match(self.endpoint):
             raise ValueError(f"daemon.endpoint = {self.endpoint!r} is not a ZeroMQ endpoint; write it like tcp://127.0.0.1:5555")
+        if self.control and not ENDPOINT_RE.match(self.control):
+            raise ValueError(f"daemon.control = {self.control!r} is not a ZeroMQ endpoint; write it like tcp://127.0.0.1:5556")
 
 
 def open_subscriber(cfg: FollowConfig) -> Subscriber:
@@ -93,7 +96,7 @@ class InspectorView(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     daemon: str  # from the heartbeats; "" before the first one
     model_id: str
-    recipe: str  # the active recipe when the wire carries one (a later schema); "" until then
+    recipe: str  # the active recipe (the heartbeat's, else the latest frame's); "" before either
     heartbeat_ns: int  # wall clock of the latest heartbeat's receipt; 0 = none yet
     heartbeats_missed: int  # gaps in the heartbeat sequence, since start
     cameras: list[CameraView]
@@ -207,14 +210,13 @@ class Inspector:
 
 
 def _recipe(health: Health | None, cameras: list[CameraView]) -> str:
-    """The active recipe, once the wire carries one (schema 1 has none): the health's, else the latest frame's."""
-    recipe = getattr(health, "recipe", "") if health is not None else ""
-    if not recipe:
-        latest = max((c.last for c in cameras if c.last is not None), key=lambda h: h.publish_ns, default=None)
-        recipe = getattr(latest, "recipe", "") if latest is not None else ""
-    return str(recipe or "")
+    """The active recipe: the heartbeat's, else (a schema 1 daemon sends none) the latest frame's."""
+    if health is not None and health.recipe:
+        return health.recipe
+    latest = max((c.last for c in cameras if c.last is not None), key=lambda h: h.publish_ns, default=None)
+    return latest.recipe if latest is not None else ""
 
 
 def part_id(header: FrameHeader) -> str:
-    """The part id the header carries, once the wire has one (schema 1 has none): "" until then."""
-    return str(getattr(header, "part_id", "") or "")
+    """The part id the header carries: the PLC's, on a triggered frame; "" on a free-running one."""
+    return header.part_id

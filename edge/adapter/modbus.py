@@ -17,11 +17,15 @@ talks to the PLC. What the PLC sees (addresses from the config, see configs/adap
 - registers: last score and threshold (x score_scale; 65535 = not judged), defects since start
   (mod 65536), defects among the last N judged frames, and the reasons for "unavailable"
   (plc_link.STATUS_BITS).
+- with [handshake] (edge.adapter.handshake): trigger / results-ready / acknowledge on one camera, whose
+  untriggered frames then are no parts (they fire no reject), and the recipe the PLC selects. The
+  requests go to the daemon's control endpoint on their own thread (edge.adapter.control_link).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -29,6 +33,8 @@ import time
 from collections.abc import Callable
 
 from edge.adapter.config import AdapterConfig
+from edge.adapter.control_link import ControlLink
+from edge.adapter.handshake import DaemonRecipes, Handshake, TriggerResult
 from edge.adapter.plc_link import STATUS_BITS, EncoderPulse, Outputs, PlcLink, TimedPulse
 from edge.client.subscriber import BadMessage, FrameEvent, HealthEvent, HeartbeatLost, Subscriber
 from edge.errors import UserError
@@ -165,6 +171,12 @@ def _reject_requests(cfg: AdapterConfig, ev: FrameEvent, now_s: float) -> list[T
     return [TimedPulse(start_s=start_s)] * n
 
 
+def _is_part(cfg: AdapterConfig, h: FrameHeader) -> bool:
+    """On the handshake's camera only triggered frames are parts; elsewhere (and free-running) every frame."""
+    hs = cfg.handshake
+    return hs is None or not hs.triggered or h.camera != hs.camera or h.trigger_id != 0
+
+
 def run_modbus_adapter(cfg: AdapterConfig, stop: threading.Event, notify: Callable[[str], None] | None = None) -> int:
     """Follow the stream and drive the PLC until `stop` is set; returns the exit code.
 
@@ -183,14 +195,18 @@ def run_modbus_adapter(cfg: AdapterConfig, stop: threading.Event, notify: Callab
         )
     except ValueError as e:  # a malformed endpoint: the message says which and how to write it
         raise UserError(f"daemon.endpoint: {e}") from None
-    link = PlcLink(cfg.plc, cfg.reject, cfg.outputs)
+    hs_cfg = cfg.handshake
+    control = ControlLink(d.control, hs_cfg.control_timeout_s, client_secure(d.security)) if hs_cfg else None
+    handshake = Handshake(hs_cfg, lambda v: scale(v, cfg.outputs.score_scale), control.submit) if control and hs_cfg else None
+    link = PlcLink(cfg.plc, cfg.reject, cfg.outputs, handshake, control.take if control else None)
+    recipes: DaemonRecipes | None = None
     health = StreamHealth(cfg, time.monotonic())
     tally = _Tally(cfg.outputs.defect_window_frames)
     alive = False
     overflows = 0
     last: Outputs | None = None
     last_status = -1
-    with subscriber, link:
+    with subscriber, control or contextlib.nullcontext(), link:
         log.info("adapter: following %s, PLC %s:%d", d.endpoint, cfg.plc.host, cfg.plc.port)
         notify("READY=1")
         next_report_s = time.monotonic() + 60.0
@@ -202,15 +218,20 @@ def run_modbus_adapter(cfg: AdapterConfig, stop: threading.Event, notify: Callab
                 case FrameEvent():
                     health.on_frame(ev, now)
                     h = ev.header
-                    if h.verdict != "unknown":
-                        tally.add(h, h.verdict == "defect")
-                    else:
-                        tally.score, tally.threshold = math.nan, h.threshold
-                    for request in _reject_requests(cfg, ev, now):
-                        link.submit(request)
+                    if h.trigger_id and handshake is not None and h.camera == handshake.cfg.camera:
+                        link.submit(TriggerResult(h))
+                    if _is_part(cfg, h):
+                        if h.verdict != "unknown":
+                            tally.add(h, h.verdict == "defect")
+                        else:
+                            tally.score, tally.threshold = math.nan, h.threshold
+                        for request in _reject_requests(cfg, ev, now):
+                            link.submit(request)
                 case HealthEvent():
                     health.on_health(ev, now)
                     alive = not alive
+                    if handshake is not None and recipes != (fresh := DaemonRecipes(ev.health.recipe, tuple(ev.health.recipes))):
+                        recipes = fresh if link.submit(fresh) else recipes
                 case HeartbeatLost():
                     health.on_heartbeat_lost(ev)
                 case BadMessage():

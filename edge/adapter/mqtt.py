@@ -53,8 +53,8 @@ class ResultMessage(msgspec.Struct, frozen=True, kw_only=True):
     score: float
     threshold: float
     model_id: str
-    part_id: str  # "" until the wire carries one
-    recipe: str  # "" until the wire carries one
+    part_id: str  # the PLC's part id on a triggered frame (edge/adapter/handshake.py); "" on a free-running one
+    recipe: str  # the recipe whose model judged the frame
     regions: list[Region]
     dropped: int  # frames the daemon dropped just before this one
     lost: int  # frames published before this one that never reached the bridge
@@ -94,7 +94,7 @@ def result_message(ev: FrameEvent, daemon: str) -> ResultMessage:
     return ResultMessage(
         daemon=daemon, camera=h.camera, seq=h.seq, capture_ns=h.capture_ns, publish_ns=h.publish_ns,
         received_ns=ev.received_ns, verdict=h.verdict, score=h.score, threshold=h.threshold, model_id=h.model_id,
-        part_id=part_id(h), recipe=str(getattr(h, "recipe", "") or ""), regions=h.regions, dropped=h.dropped,
+        part_id=part_id(h), recipe=h.recipe, regions=h.regions, dropped=h.dropped,
         lost=ev.lost, reason=h.reason, source=h.source,
     )  # fmt: skip
 

@@ -10,7 +10,8 @@ blocking (edge.adapter.follow); the node tree is edge.adapter.opcua_tree. Securi
   refused (BadCertificateUntrusted);
 - identity: the client's certificate as the user (X509 token, checked against the same folder);
   anonymous sessions only with `allow_anonymous = true`; no user names or passwords;
-- every session is read-only: writes, method calls and node management are refused whoever asks.
+- every session is read-only: writes and node management are refused whoever asks; method calls too,
+  except Inspector.SelectRecipe (with daemon.control set) for the users `recipe_select` names.
 
 Fail-safe: when heartbeats stop the inspector and every camera turn "unavailable" and the result values
 turn UncertainLastUsableValue; when the adapter stops, it writes "unavailable" before closing the server.
@@ -30,6 +31,7 @@ from asyncua import Server, ua
 from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.crypto.truststore import TrustStore
+from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
 
@@ -37,8 +39,11 @@ from edge.adapter.follow import Inspector, open_subscriber
 from edge.adapter.opcua_certs import certificate_uris
 from edge.adapter.opcua_config import OpcuaAdapterConfig, OpcuaSecurityConfig, ServerConfig
 from edge.adapter.opcua_tree import InspectorTree
+from edge.client.control import send_request
 from edge.client.subscriber import BadMessage, Subscriber
 from edge.errors import UserError
+from edge.security import client_secure
+from edge.wire import SelectRecipe
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +57,28 @@ _READ_ONLY = frozenset(ua.NodeId(i) for i in USER_TYPES) - {
 }
 
 
+_CALL = ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
+
+
 class ReadOnlySessions(PermissionRuleset):
-    """Only an activated session (its user known) may act, and only read."""
+    """Only an activated session (its user known) may act, and only read; SelectRecipe for whom `callers` names."""
+
+    def __init__(self, callers: str = "nobody") -> None:
+        self.callers = callers  # "certificate" | "anyone" | "nobody"
+        self.select_recipe: ua.NodeId | None = None  # set once the method exists
 
     def check_validity(self, user, action_type_id, body) -> bool:
-        return user is not None and action_type_id in _READ_ONLY
+        if user is None:
+            return False
+        if action_type_id == _CALL:
+            return self._may_call(user, body)
+        return action_type_id in _READ_ONLY
+
+    def _may_call(self, user: User, body) -> bool:
+        if self.select_recipe is None or self.callers == "nobody" or (self.callers == "certificate" and user.role is not UserRole.User):
+            return False
+        calls = struct_from_binary(ua.CallParameters, body.copy()).MethodsToCall  # a copy: the server decodes it again
+        return all(c.MethodId == self.select_recipe for c in calls)
 
 
 class TrustedUsers:
@@ -69,7 +91,7 @@ class TrustedUsers:
         if username is not None:
             return None  # no user-name tokens are offered; refuse one anyway
         if not certificate:  # an anonymous session on an unsecured channel (asyncua passes b"")
-            return User(role=UserRole.User, name="anonymous") if self.allow_anonymous else None
+            return User(role=UserRole.Anonymous, name="anonymous") if self.allow_anonymous else None
         cert = x509.load_der_x509_certificate(certificate)
         if self.trust is None or not self.trust.is_trusted(cert):
             log.warning("OPC UA session refused: certificate %s is not trusted", cert.subject.rfc4514_string())
@@ -98,9 +120,10 @@ async def _trust_store(sec: OpcuaSecurityConfig) -> TrustStore:
     return store
 
 
-async def build_server(cfg: ServerConfig) -> Server:
+async def build_server(cfg: ServerConfig, rules: ReadOnlySessions | None = None) -> Server:
     """The asyncua server for `cfg`, initialised and secured, not yet listening. Files are checked first."""
     sec = cfg.security
+    rules = rules or ReadOnlySessions()
     trust = cert = key = None
     if sec.policy == "Basic256Sha256":
         trust = await _trust_store(sec)
@@ -122,12 +145,12 @@ async def build_server(cfg: ServerConfig) -> Server:
     tokens: list[type] = [ua.AnonymousIdentityToken] if sec.allow_anonymous else []
     if cert is not None:
         server.iserver.certificate, server.iserver.private_key = cert, key
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt], permission_ruleset=ReadOnlySessions())
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt], permission_ruleset=rules)
         options = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
         server.set_certificate_validator(CertificateValidator(options, trust))
         tokens.append(ua.X509IdentityToken)
     else:
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity], permission_ruleset=ReadOnlySessions())
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity], permission_ruleset=rules)
     server.set_identity_tokens(tokens)
     return server
 
@@ -135,10 +158,13 @@ async def build_server(cfg: ServerConfig) -> Server:
 async def serve(cfg: OpcuaAdapterConfig, stop: threading.Event, notify: Callable[[str], None]) -> int:
     subscriber = open_subscriber(cfg.daemon)
     with subscriber:
-        server = await build_server(cfg.server)
+        rules = ReadOnlySessions(cfg.server.security.recipe_select)
+        server = await build_server(cfg.server, rules)
         ns = await server.register_namespace(cfg.server.namespace_uri)
         tree = InspectorTree(server, ns)
         await tree.build(cfg.daemon.cameras)
+        if cfg.daemon.control and rules.callers != "nobody":
+            rules.select_recipe = await tree.add_select_recipe(_recipe_caller(cfg))
         try:
             await server.start()
         except OSError as e:
@@ -153,6 +179,21 @@ async def serve(cfg: OpcuaAdapterConfig, stop: threading.Event, notify: Callable
             await server.stop()
     log.info("opcua adapter stopped: %s", subscriber.tally())
     return 0
+
+
+def _recipe_caller(cfg: OpcuaAdapterConfig) -> Callable[[str], tuple[bool, str]]:
+    """SelectRecipe's body: one control request (a thread of asyncua's executor waits for the bundle to load)."""
+    configure = client_secure(cfg.daemon.security)
+
+    def call(name: str) -> tuple[bool, str]:
+        try:
+            reply = send_request(cfg.daemon.control, SelectRecipe(name=name), timeout_s=60.0, configure=configure)
+        except TimeoutError as e:
+            return False, str(e)
+        log.info("opcua: SelectRecipe(%r): %s", name, reply.message)
+        return reply.ok, reply.message
+
+    return call
 
 
 async def _follow(subscriber: Subscriber, inspector: Inspector, tree: InspectorTree, stop: threading.Event, notify) -> None:

@@ -26,6 +26,9 @@ class OpcuaSecurityConfig(Strict, kw_only=True):
     private_key: str = ""  # its private key (PEM or DER), readable by the service user only
     trusted_clients: str = ""  # folder of trusted client certificates (*.der / *.pem), or of the CAs that signed them
     allow_anonymous: bool = False  # true: a session needs no user certificate (channel security still applies)
+    # Who may call Inspector.SelectRecipe (present when daemon.control is set): sessions whose user is a
+    # trusted certificate, anyone with a session (anonymous ones too), or nobody.
+    recipe_select: Literal["certificate", "anyone", "nobody"] = "certificate"
 
     def __post_init__(self) -> None:
         if self.policy == "Basic256Sha256":

@@ -11,6 +11,9 @@ tag by id (`ns=<index of namespace_uri>;s=Inspector.Cameras.cam1.Result.Score`) 
                                     RegionCount, Reason
           Counters                  Frames, Defects, Lost, Dropped
 
+With the daemon's control endpoint configured, Inspector also has the method SelectRecipe(Recipe: String)
+-> (Ok: Boolean, Message: String), which asks the daemon to switch (edge/adapter/opcua.py decides who may).
+
 Result values carry the frame's capture time as their SourceTimestamp. Before the first frame their status
 is BadWaitingForInitialData; while it no longer updates (heartbeats lost, camera not streaming) it is
 UncertainLastUsableValue, so a client that shows quality flags a stale result without reading State.
@@ -36,7 +39,7 @@ INSPECTOR_VARS = {
     "StateReason": (V.String, "adapter starting"),
     "Daemon": (V.String, ""),
     "ModelId": (V.String, ""),
-    "Recipe": (V.String, ""),  # the active recipe, once the wire carries one
+    "Recipe": (V.String, ""),  # the active recipe (the heartbeat's)
     "LastHeartbeat": (V.DateTime, NEVER),
     "HeartbeatsMissed": (V.UInt64, 0),
 }
@@ -45,7 +48,7 @@ RESULT_VARS = {
     "Verdict": (V.String, ""),  # ok | defect | review | unknown
     "Score": (V.Double, math.nan),
     "Threshold": (V.Double, math.nan),
-    "PartId": (V.String, ""),  # from the header, once the wire carries one
+    "PartId": (V.String, ""),  # the PLC's part id of a triggered frame; "" for a free-running one
     "Seq": (V.UInt64, 0),
     "CaptureTime": (V.DateTime, NEVER),
     "ModelId": (V.String, ""),
@@ -76,6 +79,19 @@ class InspectorTree:
         self._cameras_folder = await self._root.add_folder(self._id("Inspector.Cameras"), ua.QualifiedName("Cameras", self.ns))
         for name in cameras:
             await self._add_camera(name)
+
+    async def add_select_recipe(self, call) -> ua.NodeId:
+        """Inspector.SelectRecipe; `call(name) -> (ok, message)` runs in asyncua's executor (it may block)."""
+        text = ua.NodeId(ua.ObjectIds.String)
+        inputs = [ua.Argument(Name="Recipe", DataType=text, ValueRank=-1, Description=ua.LocalizedText("a recipe of the daemon's config"))]
+        outputs = [ua.Argument(Name="Ok", DataType=ua.NodeId(ua.ObjectIds.Boolean), ValueRank=-1), ua.Argument(Name="Message", DataType=text, ValueRank=-1)]
+
+        def method(parent, name: ua.Variant) -> list[ua.Variant]:
+            ok, message = call(str(name.Value or ""))
+            return [ua.Variant(ok, V.Boolean), ua.Variant(message, V.String)]
+
+        node = await self._root.add_method(self._id("Inspector.SelectRecipe"), ua.QualifiedName("SelectRecipe", self.ns), method, inputs, outputs)
+        return node.nodeid
 
     async def write(self, view: InspectorView) -> None:
         """Bring every node to `view`, in one pass without yielding to clients in between (see _put)."""

@@ -26,6 +26,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from edge.adapter.config import EncoderConfig, OutputsConfig, PlcConfig, RejectConfig
+from edge.adapter.handshake import RESULTS_READY, TRIGGER_READY, DaemonRecipes, Handshake, Inputs, TriggerResult
 from edge.adapter.pulse import PulseSchedule
 
 log = logging.getLogger("edge.plc_link")  # the name log lines carried before edge/adapter/ existed
@@ -59,7 +60,7 @@ class EncoderPulse(msgspec.Struct, frozen=True):
     asked_s: float  # time.monotonic() when the verdict arrived; the offset counts from the next encoder read
 
 
-Command = Outputs | TimedPulse | EncoderPulse
+Command = Outputs | TimedPulse | EncoderPulse | TriggerResult | DaemonRecipes
 
 
 class LinkStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,8 +108,11 @@ class _Encoder:
 class PlcLink:
     """Thread "plc-link": Modbus TCP writes for one reject gate. Start, submit(), stop()."""
 
-    def __init__(self, plc: PlcConfig, reject: RejectConfig, outputs: OutputsConfig) -> None:
+    def __init__(self, plc: PlcConfig, reject: RejectConfig, outputs: OutputsConfig, handshake: Handshake | None = None, answers=None) -> None:
         self.plc, self.reject_cfg, self.outputs_cfg = plc, reject, outputs
+        self.handshake = handshake  # edge.adapter.handshake: polled and written by this thread
+        self.answers = answers  # () -> list[ControlAnswer]: the daemon's replies to the handshake's requests
+        self._read_refused = ""  # the last refused handshake read, said once
         self._queue: queue.Queue[Command] = queue.Queue(maxsize=plc.queue_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="plc-link", daemon=True)
@@ -173,6 +177,7 @@ class PlcLink:
                     self._connect(now)
                 if self._client is not None:
                     self._poll_encoder(now)
+                    self._poll_handshake(now)
                     self._write_outputs(time.monotonic())
                 else:
                     self._count_missed_offline(now)
@@ -190,6 +195,8 @@ class PlcLink:
         until = min(self._schedule.next_change_s(now), now + MAX_WAIT_S)
         if self._encoder is not None and self._encoder.pending:
             until = min(until, self._encoder.next_poll_s)
+        if self.handshake is not None:
+            until = min(until, self.handshake.next_poll_s)
         return max(0.0, until - now)
 
     def _take_commands(self, wait_s: float) -> None:
@@ -203,6 +210,12 @@ class PlcLink:
                 self._want = cmd
             elif isinstance(cmd, TimedPulse):
                 self._schedule.add(cmd.start_s, now)
+            elif isinstance(cmd, TriggerResult):
+                if self.handshake is not None:
+                    self.handshake.on_result(cmd.header, now)
+            elif isinstance(cmd, DaemonRecipes):
+                if self.handshake is not None:
+                    self.handshake.on_recipes(cmd)
             elif self._encoder is not None:
                 self._encoder.pending.append([None])
             else:  # an encoder pulse without an encoder configured: fire now rather than never
@@ -218,6 +231,8 @@ class PlcLink:
             self._client = client
             self._confirmed = False  # a TCP accept is not yet a PLC: the first answered request confirms it
             self._written.clear()  # the PLC may have restarted: write everything again
+            if self.handshake is not None:
+                self.handshake.reconnected()  # its coils as they are now are a baseline, not edges
             return
         client.close()
         self._failures += 1
@@ -255,6 +270,8 @@ class PlcLink:
             ("coil", o.alive_coil): int(w.alive),
         }
         want.update((("reg", a), v) for a, v in w.registers.items())
+        if self.handshake is not None:
+            want.update(self.handshake.desired(available=not w.unavailable))  # last: results_ready after its registers
         return want
 
     def _write_outputs(self, now: float) -> None:
@@ -302,6 +319,34 @@ class PlcLink:
         for _ in range(enc.fired(enc.decode(list(reply.registers)))):
             self._schedule.add(t, t)
 
+    def _poll_handshake(self, now: float) -> None:
+        """Read the PLC's trigger, ack and recipe inputs when due; feed them, the daemon's answers and the time in."""
+        hs = self.handshake
+        if hs is None:
+            return
+        for answer in self.answers() if self.answers else []:
+            hs.on_answer(answer, now)
+        if now >= hs.next_poll_s:
+            hs.next_poll_s = now + hs.cfg.poll_ms / 1000
+            assert self._client is not None
+            c, d = hs.cfg, self.plc.device_id
+            try:
+                coils = self._client.read_coils(c.coils, count=2, device_id=d)
+                regs = None if coils.isError() else self._client.read_holding_registers(c.registers, count=1 + c.part_id_words, device_id=d)
+            except (ModbusException, OSError) as e:  # pymodbus lets a reset socket's OSError through
+                self._lost(f"reading the handshake inputs (coil {c.coils}, register {c.registers})", e)
+                return
+            self._answered()
+            refused = coils if coils.isError() else regs if regs.isError() else None
+            if refused is not None:
+                if str(refused) != self._read_refused:
+                    log.error("PLC refused to read the handshake inputs (%s); check handshake.coils / handshake.registers", refused)
+                    self._read_refused = str(refused)
+                return
+            self._read_refused = ""
+            hs.on_inputs(Inputs(bool(coils.bits[0]), bool(coils.bits[1]), regs.registers[0], list(regs.registers[1:])), now, not self._want.unavailable)
+        hs.tick(now)
+
     def _count_missed_offline(self, now: float) -> None:
         missed = self._schedule.drop_ended(now)
         if missed:
@@ -318,6 +363,9 @@ class PlcLink:
         final = self._desired(float("inf"))  # no pulse is active after the end of time
         final[("coil", self.reject_cfg.coil)] = int(self.reject_cfg.reject_all_when_unavailable)
         final[("coil", self.outputs_cfg.unavailable_coil)] = 1
+        if self.handshake is not None:  # no trigger is taken, and no result served, once stopped
+            final[("coil", self.handshake.cfg.coils + TRIGGER_READY)] = 0
+            final[("coil", self.handshake.cfg.coils + RESULTS_READY)] = 0
         if self.outputs_cfg.status_register is not None:
             key = ("reg", self.outputs_cfg.status_register)
             final[key] = final.get(key, 0) | STATUS_BITS["adapter_stopped"]

@@ -1,4 +1,4 @@
-"""`ssae edge tap`: follow a daemon's stream from the command line (see edge/cli.py)."""
+"""`ssae edge tap`: follow a daemon's stream from the command line; `ssae edge recipe`: switch its product (see edge/cli.py)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,36 @@ def tap(
         raise fail(f"no message for {timeout:g} s from {', '.join(endpoints)}; is the daemon running and publishing there?", code=1)
 
 
+def recipe(
+    control: Annotated[str, typer.Argument(help="The daemon's control endpoint ([control].endpoint), e.g. tcp://127.0.0.1:5556.")],
+    name: Annotated[str, typer.Argument(help="A recipe of the daemon's config ([[recipes]] name).")],
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the switch (the new bundle is loaded and test-run first).")] = 60.0,
+    client_key: Annotated[Path | None, typer.Option("--client-key", help="CURVE: this client's NAME.key_secret.")] = None,
+    server_key: Annotated[Path | None, typer.Option("--server-key", help="CURVE: the daemon's public NAME.key.")] = None,
+) -> None:
+    """Switch the daemon to another recipe (product) between two frames; a bundle that fails its checks is refused and the running one stays."""
+    import zmq
+
+    from edge.client.control import send_request
+    from edge.security import curve_client_from_files
+    from edge.wire import SelectRecipe
+
+    with known_errors():
+        configure = curve_client_from_files(client_key, server_key)
+        try:
+            reply = send_request(control, SelectRecipe(name=name), timeout_s=timeout, configure=configure)
+        except TimeoutError as e:
+            raise fail(str(e), code=1) from None
+        except zmq.ZMQError as e:  # a malformed endpoint
+            raise fail(f"cannot use the control endpoint {control!r} ({e}); write it like tcp://127.0.0.1:5556") from None
+    if not reply.ok:
+        raise fail(f"{control}: {reply.message}")
+    _out(f"{control}: {reply.message} (recipe {reply.recipe}, model {reply.model_id[:12]})")
+
+
 def register(app: typer.Typer) -> None:
     from edge.client.view.cli import view  # the command only: the web stack is imported when it runs
 
     app.command("tap")(tap)
     app.command("view")(view)
+    app.command("recipe")(recipe)

@@ -19,6 +19,7 @@ follows the source: `all` for files and folders, `latest` for live sources; see 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import re
@@ -33,6 +34,7 @@ import numpy as np
 
 from edge.daemon.config import CameraConfig
 from edge.daemon.threads import Threaded
+from edge.daemon.triggers import TriggerSlot
 from edge.errors import UserError
 from edge.files import IMAGE_SUFFIXES, list_images
 from edge.ratelimit import RateLimitedLog
@@ -51,6 +53,8 @@ class Frame:
     capture_ns: int  # time.time_ns() right after the grab
     image: np.ndarray  # as the source delivered it: uint8 (H, W[, C]) normally
     source: str  # file name, file#index, URL (credentials removed) or device
+    part_id: str = ""  # from the trigger this frame answers (edge/daemon/triggers.py)
+    trigger_id: int = 0  # 0: not triggered
 
 
 class SourceError(Exception):
@@ -182,8 +186,9 @@ class CameraStats:
 class Capture(Threaded):
     """The capture of one camera: a supervisor thread, a reader thread per connection, a bounded queue."""
 
-    def __init__(self, cfg: CameraConfig, notify: threading.Event):
+    def __init__(self, cfg: CameraConfig, notify: threading.Event, trigger: TriggerSlot | None = None):
         self.cfg = cfg
+        self.trigger = trigger or TriggerSlot(cfg.id)  # a trigger names the next frame grabbed after it
         self.kind = cfg.kind
         self.live = self.kind != "path"
         self.props = check_props(cfg)
@@ -345,7 +350,9 @@ class Capture(Threaded):
             if generation != self.generation:
                 return False  # disowned while blocked in read(): its frame belongs to no one
             seq, self.seq = self.seq, self.seq + 1
-        frame = Frame(camera=self.cfg.id, seq=seq, capture_ns=capture_ns, image=image, source=label)
+        tag = self.trigger.take(capture_ns)
+        frame = Frame(camera=self.cfg.id, seq=seq, capture_ns=capture_ns, image=image, source=label,
+                      part_id=tag.part_id if tag else "", trigger_id=tag.trigger_id if tag else 0)  # fmt: skip
         with self.stats.lock:
             self.stats.captured += 1
             self.stats.times.append(time.monotonic())
@@ -358,10 +365,14 @@ class Capture(Threaded):
                     break
                 except queue.Full:
                     try:
-                        self.queue.get_nowait()  # the oldest goes; its seq shows as a gap downstream
+                        old = self.queue.get_nowait()  # the oldest goes; its seq shows as a gap downstream
                         self.stats.add("dropped")
                     except queue.Empty:
-                        pass
+                        continue
+                    if old.trigger_id and not frame.trigger_id:
+                        # A triggered frame is not lost to the freshest-wins policy: its trigger passes to
+                        # this frame, grabbed later still, so still after the trigger.
+                        frame = dataclasses.replace(frame, part_id=old.part_id, trigger_id=old.trigger_id)
         else:
             while True:
                 try:

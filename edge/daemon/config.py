@@ -28,6 +28,7 @@ import msgspec
 from msgspec import Meta
 
 from edge.errors import UserError
+from edge.daemon.recipes import RecipeConfig, check_recipes, recipe_list
 from edge.files import read_config_file
 from edge.security import SecurityConfig
 from edge.strict import Strict
@@ -162,7 +163,9 @@ class GpuConfig(Strict, kw_only=True):
 
 
 class DaemonConfig(Strict, kw_only=True):
-    bundle: str  # the folder with model.onnx and manifest.json
+    bundle: str = ""  # the folder with model.onnx and manifest.json; or list [[recipes]] instead
+    recipes: list[RecipeConfig] = []  # several bundles, one per product; switched without a restart (edge/daemon/recipes.py)
+    recipe: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]*$", max_length=64)] = ""  # the recipe to start with (default: the first); with a single bundle, its name (default "default")
     cameras: Annotated[list[CameraConfig], Meta(min_length=1)]
     name: CameraId = "edge"  # daemon id: heartbeats go to health.<name>
     backend: Literal["onnxruntime", "tensorrt", "torch-cuda"] = "onnxruntime"
@@ -183,6 +186,7 @@ class DaemonConfig(Strict, kw_only=True):
 
     def __post_init__(self):
         self._check_gpu()
+        check_recipes(self.bundle, self.recipes, self.recipe, self.image_threshold is not None or self.pixel_threshold is not None)
         seen: set[str] = set()
         for i, camera in enumerate(self.cameras):
             if camera.id in seen:
@@ -197,6 +201,14 @@ class DaemonConfig(Strict, kw_only=True):
         if self.control is not None and not wildcard and self.control.endpoint in self.publish.endpoints:
             raise ValueError(f"control.endpoint = {self.control.endpoint!r} is also a publish endpoint; give it its own port")
 
+    @property
+    def recipe_list(self) -> list[RecipeConfig]:
+        """Every recipe in order (a single bundle is one); a PLC's recipe number n is recipe_list[n - 1]."""
+        return recipe_list(self.bundle, self.recipes, self.recipe, self.image_threshold, self.pixel_threshold)
+
+    @property
+    def start_recipe(self) -> RecipeConfig:
+        return next((r for r in self.recipe_list if r.name == self.recipe), self.recipe_list[0])
 
     def _check_gpu(self) -> None:
         gpu = self.gpu

@@ -3,6 +3,8 @@
     Reload(bundle=None | path)                       load the bundle (fully) and swap it in between batches
     ApplyThresholds(image, pixel=None, review=None)  judge from the next batch on with these thresholds (and band)
     Status()                                         model id and thresholds in force, with a one-line summary
+    Trigger(camera, part_id, timeout_ms)             the camera's next frame grabbed from now on carries part_id (one at a time)
+    SelectRecipe(name | number)                      load the recipe's bundle (fully) and swap it in between batches
 
 Every request gets exactly one Reply (REP demands it), including malformed ones. The client side is
 edge/client/control.py. Behind CURVE via open_bound's `secure` hook.
@@ -42,7 +44,7 @@ class ControlServer(Threaded):
             try:
                 request = decoder.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                reply = Reply(ok=False, message=f"bad request ({e}); send a msgpack map with type reload, apply or status")
+                reply = Reply(ok=False, message=f"bad request ({e}); send a msgpack map with type reload, apply, status, trigger or recipe")
             else:
                 log.info("control: %s", request)
                 try:

@@ -12,6 +12,8 @@ already captured is judged and published (within drain_timeout_s), then the publ
 
 A reload (SIGHUP or control) loads and test-runs the new bundle fully on the side, then swaps it in
 between two batches; if anything fails the old model keeps running and the error is reported.
+A recipe change (control `SelectRecipe`, edge/daemon/recipes.py) takes the same path. A control
+`Trigger` arms its camera's slot (edge/daemon/triggers.py): the next frame grabbed carries its part id.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from edge.daemon.handshakes import HandshakeLog
 from edge.daemon.metrics import Metrics
 from edge.daemon.postprocess import Thresholds, resolve_thresholds
 from edge.daemon.publisher import Publisher
+from edge.daemon.recipes import pick, same_recipe
+from edge.daemon.triggers import TriggerSlot, arm_trigger
 from edge.daemon.worker import InferenceWorker, Model
 from edge.errors import UserError
 from edge.manifest import BundleError
 from edge.sdnotify import Notifier
 from edge.security import start_server_security
-from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, Health, Reload, Reply, Request, Status
+from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, Health, Reload, Reply, Request, SelectRecipe, Status, Trigger
 
 log = logging.getLogger("edge.daemon")
 NAN = float("nan")
@@ -52,8 +56,10 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, *, config_path: str | Path | None = None):
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
-        self.bundle_path = cfg.bundle
-        self.config_thresholds = (cfg.image_threshold, cfg.pixel_threshold)  # re-read on SIGHUP
+        self.recipes = cfg.recipe_list  # re-read on SIGHUP
+        start = cfg.start_recipe
+        self.bundle_path = start.bundle  # the active recipe's (a Reload may point it elsewhere)
+        self.config_thresholds = (start.image_threshold, start.pixel_threshold)  # re-read on SIGHUP
         self.started = time.monotonic()
         self.stop_event = threading.Event()
         self.abort_event = threading.Event()
@@ -66,8 +72,9 @@ class Daemon:
         self.exit_code = 0
         self.sd = Notifier()
         self.metrics = Metrics(self.camera_health, self._archive_counts)
-        self.captures = [Capture(c, self.notify) for c in cfg.cameras]
-        self.model = self._load_model(self.bundle_path, *self.config_thresholds)
+        self.triggers = {c.id: TriggerSlot(c.id) for c in cfg.cameras}
+        self.captures = [Capture(c, self.notify, self.triggers[c.id]) for c in cfg.cameras]
+        self.model = self._load_model(self.bundle_path, *self.config_thresholds, recipe=start.name)
         self.ctx = zmq.Context()
         self.security = None
         try:
@@ -89,12 +96,12 @@ class Daemon:
         )
 
     # --- model loading ------------------------------------------------------------------------------
-    def _load_model(self, path: str, image: float | None, pixel: float | None, origin: str = "config", reuse: Model | None = None) -> Model:
+    def _load_model(self, path: str, image: float | None, pixel: float | None, origin: str = "config", reuse: Model | None = None, *, recipe: str) -> Model:
         """Load, verify and test-run a bundle; reuse the running backend when only the calibration changed."""
         bundle = load_bundle(Path(path).expanduser())
         thresholds = resolve_thresholds(bundle.manifest.calibration, image, pixel, origin)
         if reuse is not None and reuse.bundle.model_id == bundle.model_id and reuse.bundle.path == bundle.path:
-            return Model(bundle, reuse.backend, thresholds)
+            return Model(bundle, reuse.backend, thresholds, recipe)
         try:
             backend = open_backend(bundle, self.cfg.backend, threads=self.cfg.threads, max_batch=self.cfg.max_batch, **backend_options(self.cfg))
         except ImportError as e:
@@ -107,7 +114,7 @@ class Daemon:
         except Exception as e:
             backend.close()
             raise BundleError(f"bundle refused: a test inference on {path} failed ({e}); re-export the bundle") from e
-        return Model(bundle, backend, thresholds)
+        return Model(bundle, backend, thresholds, recipe)
 
     def _swap(self, model: Model) -> None:
         with self.model_lock:
@@ -135,20 +142,24 @@ class Daemon:
                     self.security.auth.reload()
                 except (UserError, OSError) as e:
                     log.error("allow-list reload failed, the old list stays: %s", e)
+            recipes, name = self.recipes, self.model.recipe
             try:
                 path, thresholds = bundle or self.bundle_path, self.config_thresholds
                 if reread_config and self.config_path is not None:
                     fresh = load_config(self.config_path)
-                    fixed = [f for f in fresh.__struct_fields__ if f not in ("bundle", "image_threshold", "pixel_threshold")]
+                    reloadable = ("bundle", "image_threshold", "pixel_threshold", "recipes", "recipe")
+                    fixed = [f for f in fresh.__struct_fields__ if f not in reloadable]
                     if changed := [f for f in fixed if getattr(fresh, f) != getattr(self.cfg, f)]:
                         log.warning("reload: %s changed in %s; restart the daemon to apply that", ", ".join(changed), self.config_path)
-                    path, thresholds = bundle or fresh.bundle, (fresh.image_threshold, fresh.pixel_threshold)
-                model = self._load_model(path, *thresholds, reuse=self.model)
+                    recipes = fresh.recipe_list
+                    active = same_recipe(recipes, name)
+                    name, path, thresholds = active.name, bundle or active.bundle, (active.image_threshold, active.pixel_threshold)
+                model = self._load_model(path, *thresholds, reuse=self.model, recipe=name)
             except (UserError, BundleError, OSError, ValueError) as e:
                 self.metrics.reload(False)
                 log.error("reload failed, the running model stays: %s", e)
                 return Reply(ok=False, message=f"reload failed, the running model stays: {e}", **self._in_force())
-            self.bundle_path, self.config_thresholds = path, thresholds
+            self.bundle_path, self.config_thresholds, self.recipes = path, thresholds, recipes
             self._swap(model)
             self.metrics.reload(True)
             log.info("reloaded %s: model %s, thresholds %s", path, model.bundle.model_id[:12], _describe(model.thresholds))
@@ -162,33 +173,63 @@ class Daemon:
         with self.reload_lock:
             current = self.model
             thresholds = resolve_thresholds(current.bundle.manifest.calibration, image, pixel, "control", review)
-            self._swap(Model(current.bundle, current.backend, thresholds))
+            self._swap(current._replace(thresholds=thresholds))
         log.info("thresholds applied over control: %s", _describe(thresholds))
         return Reply(ok=True, message=f"applied; thresholds {_describe(thresholds)}", **self._in_force())
 
+    def select_recipe(self, name: str, number: int) -> Reply:
+        """Switch product: the recipe's bundle is loaded and test-run on the side, then swapped in between two
+        batches; refused (the running recipe stays) when it fails its checks."""
+        with self.reload_lock:
+            try:
+                recipe = pick(self.recipes, name, number)
+                if recipe.name == self.model.recipe and recipe.bundle == self.bundle_path:
+                    return Reply(ok=True, message=f"recipe {recipe.name} is already active", **self._in_force())
+                model = self._load_model(recipe.bundle, recipe.image_threshold, recipe.pixel_threshold, reuse=self.model, recipe=recipe.name)
+            except (UserError, BundleError, OSError, ValueError) as e:
+                self.metrics.reload(False)
+                log.error("recipe change refused, recipe %s stays: %s", self.model.recipe, e)
+                return Reply(ok=False, message=f"recipe change refused, recipe {self.model.recipe} stays: {e}", **self._in_force())
+            self.bundle_path, self.config_thresholds = recipe.bundle, (recipe.image_threshold, recipe.pixel_threshold)
+            self._swap(model)
+            self.metrics.reload(True)
+        log.info("recipe %s: bundle %s, model %s, thresholds %s", recipe.name, recipe.bundle, model.bundle.model_id[:12], _describe(model.thresholds))
+        return Reply(ok=True, message=f"recipe {recipe.name} active from the next batch; thresholds {_describe(model.thresholds)}", **self._in_force())
+
     def handle(self, request: Request) -> Reply:
         match request:
+            case Trigger(camera=camera, part_id=part_id, timeout_ms=timeout_ms):
+                trigger_id, why = arm_trigger(self.triggers, self.camera_health(), camera, part_id, timeout_ms)
+                return Reply(ok=bool(trigger_id), message=why or f"trigger {trigger_id} armed", trigger_id=trigger_id, **self._in_force())
+            case SelectRecipe(name=name, number=number):
+                return self.select_recipe(name, number)
             case Reload(bundle=bundle):
                 return self.reload(bundle)
             case ApplyThresholds(image_threshold=image, pixel_threshold=pixel, review_threshold=review):
                 return self.apply_thresholds(image, pixel, review)
             case Status():
                 cams = "; ".join(f"{c.camera} {c.state} {c.frames_judged} judged {c.frames_dropped} dropped" for c in self.camera_health())
-                return Reply(ok=True, message=f"{_describe(self.model.thresholds)}; {cams}", **self._in_force())
+                recipes = ", ".join(r.name for r in self.recipes)
+                return Reply(ok=True, message=f"recipe {self.model.recipe} (of {recipes}); {_describe(self.model.thresholds)}; {cams}", **self._in_force())
         return Reply(ok=False, message=f"unknown request {request!r}")
 
     def _in_force(self) -> dict:
         m = self.model
         t = m.thresholds
-        return dict(model_id=m.bundle.model_id, image_threshold=NAN if t.image is None else t.image, pixel_threshold=NAN if t.pixel is None else t.pixel)
+        image, pixel = NAN if t.image is None else t.image, NAN if t.pixel is None else t.pixel
+        return dict(model_id=m.bundle.model_id, image_threshold=image, pixel_threshold=pixel, recipe=m.recipe)
 
     # --- health -----------------------------------------------------------------------------------------
     def camera_health(self) -> list[CameraHealth]:
-        cameras = []
+        now_ns, out = time.time_ns(), []
         for c in self.captures:
+            accepted, refused, missed = self.triggers[c.cfg.id].counts(now_ns)
             drift, drift_state = self.worker.drift.state(c.cfg.id)
-            cameras.append(msgspec.structs.replace(c.stats.snapshot(), frames_judged=self.worker.judged[c.cfg.id], drift=drift, drift_state=drift_state))
-        return cameras
+            out.append(msgspec.structs.replace(
+                c.stats.snapshot(), frames_judged=self.worker.judged[c.cfg.id], drift=drift, drift_state=drift_state,
+                triggers=accepted, triggers_refused=refused, triggers_missed=missed,
+            ))  # fmt: skip
+        return out
 
     def _archive_counts(self) -> dict[str, int]:
         a = getattr(self, "archive", None)  # scraped only after start, when it exists
@@ -202,6 +243,7 @@ class Daemon:
             schema_version=SCHEMA_VERSION, daemon=self.cfg.name, seq=0, time_ns=0, period_s=self.cfg.publish.heartbeat_s,
             uptime_s=round(time.monotonic() - self.started, 3), backend=m.backend.name, model_id=m.bundle.model_id,
             image_threshold=NAN if m.thresholds.image is None else m.thresholds.image, cameras=self.camera_health(),
+            recipe=m.recipe, recipes=[r.name for r in self.recipes],
         )
 
     # --- lifetime ---------------------------------------------------------------------------------------
@@ -234,8 +276,8 @@ class Daemon:
         self.worker.start()
         m = self.model
         log.info(
-            "daemon %s: bundle %s (model %s, %s), thresholds %s; publishing on %s%s",
-            cfg.name, self.bundle_path, m.bundle.model_id[:12], m.backend.name, _describe(m.thresholds), ", ".join(self.publisher.endpoints),
+            "daemon %s: recipe %s, bundle %s (model %s, %s), thresholds %s; publishing on %s%s",
+            cfg.name, m.recipe, self.bundle_path, m.bundle.model_id[:12], m.backend.name, _describe(m.thresholds), ", ".join(self.publisher.endpoints),
             f"; control on {self.control.endpoints[0]}" if self.control else "",
         )
         if m.thresholds.origin.startswith("bundle calibration") and "provisional" in m.bundle.manifest.calibration.method:

@@ -54,6 +54,7 @@ class Model(NamedTuple):
     bundle: Bundle
     backend: Backend
     thresholds: Thresholds
+    recipe: str = ""  # the recipe (edge/daemon/recipes.py) this bundle and these thresholds belong to
 
 
 class Job(NamedTuple):
@@ -264,6 +265,7 @@ class InferenceWorker(Threaded):
             score=score, threshold=NAN if t.image is None else t.image, verdict=verdict, model_id=model.bundle.model_id,
             regions=regions, mask=mask_info, reason=reason, pixel_threshold=NAN if t.pixel is None else t.pixel, source=frame.source,
             review_threshold=NAN if t.review is None else t.review, map=map_info,
+            part_id=frame.part_id, recipe=model.recipe, trigger_id=frame.trigger_id,
         )
 
     def _send(self, frame: Frame, header: FrameHeader, mask_bytes: bytes, mask: np.ndarray | None, map_bytes: bytes = b"", amap: np.ndarray | None = None) -> None:
