@@ -19,22 +19,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Write via temp file in the same folder, fsync, rename: after a crash the old file is intact."""
-    _write(Path(path), data, replace=True)
+    _write(Path(path), data, replace=True, mode=mode)
 
 
-def write_new_bytes(path: Path, data: bytes) -> None:
+def write_new_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Like atomic_write_bytes, but never replaces: FileExistsError when `path` exists (no check-then-write race)."""
-    _write(Path(path), data, replace=False)
+    _write(Path(path), data, replace=False, mode=mode)
 
 
-def _write(path: Path, data: bytes, *, replace: bool) -> None:
+def _write(path: Path, data: bytes, *, replace: bool, mode: int | None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; a manifest or an archive entry must stay readable by the daemon's user and the
         # operators, as a plain open() would have made it: the replaced file's mode, else 0666 less the umask.
-        os.fchmod(fd, _mode_for(path))
+        # A secret key passes its mode, set before any byte lands.
+        os.fchmod(fd, _mode_for(path) if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from edge.errors import UserError
+from edge.files import atomic_write_bytes, write_new_bytes
 from edge.ratelimit import RateLimitedLog
 from edge.strict import Strict
 
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$')
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class SecurityConfig(Strict):
@@ -97,7 +96,7 @@ def create_key_pair(directory: Path, name: str, *, force: bool = False) -> KeyFi
     Refuses to replace an existing file unless `force`: a replaced server key locks out every client
     until they get the new public key, and a replaced client key drops it from every allow-list.
     """
-    if not _NAME.match(name):
+    if not KEY_NAME.match(name):
         raise UserError(f"key name {name!r} may hold only letters, digits, '_', '-' and '.'; pick another --name")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,8 +108,8 @@ def create_key_pair(directory: Path, name: str, *, force: bool = False) -> KeyFi
     public, secret = zmq.curve_keypair()
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     # Secret first: a crash between the two leaves no public key that has no secret behind it.
-    _write_key_file(files.secret, _zpl(name, stamp, public, secret), mode=0o600, force=force)
-    _write_key_file(files.public, _zpl(name, stamp, public, None), mode=0o644, force=force)
+    write_key_file(files.secret, _zpl(name, stamp, public, secret), mode=0o600, force=force)
+    write_key_file(files.public, _zpl(name, stamp, public, None), mode=0o644, force=force)
     return files
 
 
@@ -131,27 +130,12 @@ def _zpl(name: str, stamp: str, public: bytes, secret: bytes | None) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _write_key_file(path: Path, data: bytes, *, mode: int, force: bool) -> None:
+def write_key_file(path: Path, data: bytes, *, mode: int, force: bool) -> None:
     """Atomic write with the final mode set before any byte lands; without `force`, never replaces."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if the name exists: no check-then-write race
-            except FileExistsError:
-                raise UserError(f"{path} exists; keep it, choose another --name, or pass --force to replace it") from None
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        (atomic_write_bytes if force else write_new_bytes)(path, data, mode=mode)
+    except FileExistsError:
+        raise UserError(f"{path} exists; keep it, choose another --name, or pass --force to replace it") from None
 
 
 def _read_keys(path: Path) -> tuple[bytes | None, bytes | None]:

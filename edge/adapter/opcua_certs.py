@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.errors import UserError
-from edge.security import _NAME, _write_key_file  # the same atomic, no-overwrite write as the CURVE key files
+from edge.security import KEY_NAME, write_key_file  # the same name rule and atomic, no-overwrite write as the CURVE key files
 
 
 class CertFiles(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,7 +38,7 @@ def create_certificate(
     force: bool = False,
 ) -> CertFiles:
     """Write NAME.der and NAME.pem into `directory`; refuse to replace them unless `force`."""
-    if not _NAME.match(name):
+    if not KEY_NAME.match(name):
         raise UserError(f"certificate name {name!r} may hold only letters, digits, '_', '-' and '.'; pick another --name")
     if ":" not in uri:
         raise UserError(f"--uri {uri!r} is not a URI; write it like urn:ssae:inspector (the server's application_uri)")
@@ -56,8 +56,8 @@ def create_certificate(
         key, name, {}, [x509.UniformResourceIdentifier(uri), x509.DNSName(host)], extended=[use], days=days
     )
     # Key first: a crash between the two leaves no certificate without its key.
-    _write_key_file(files.private_key, dump_private_key_as_pem(key), mode=0o600, force=force)
-    _write_key_file(files.certificate, cert.public_bytes(Encoding.DER), mode=0o644, force=force)
+    write_key_file(files.private_key, dump_private_key_as_pem(key), mode=0o600, force=force)
+    write_key_file(files.certificate, cert.public_bytes(Encoding.DER), mode=0o644, force=force)
     return files
 
 

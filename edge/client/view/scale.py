@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.overlay import STOPS, dequantise
+from edge.client.subscriber import decode_mask
+from edge.overlay import STOPS
 
 
 def wire_map(info, data: bytes | None) -> np.ndarray | None:
@@ -20,20 +21,7 @@ def wire_map(info, data: bytes | None) -> np.ndarray | None:
     """
     if getattr(info, "kind", "mask") != "map" or not data:
         return None
-    shape = (info.height_px, info.width_px)
-    if info.encoding == "raw":
-        if len(data) != shape[0] * shape[1]:
-            raise ValueError(f"raw map has {len(data)} bytes; header says {shape[1]}x{shape[0]}")
-        codes = np.frombuffer(data, np.uint8).reshape(shape)
-    elif info.encoding == "png":
-        import cv2
-
-        codes = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if codes is None or codes.shape != shape:
-            raise ValueError(f"png map does not decode to the header's {shape[1]}x{shape[0]}")
-    else:
-        raise ValueError(f"map encoding {info.encoding!r} is unknown to the view; upgrade it")
-    return dequantise(codes, float(getattr(info, "map_scale", 0.0)), float(getattr(info, "map_offset", 0.0)))
+    return decode_mask(info, data)  # the subscriber library's decoding: the one for every client
 
 
 def legend() -> list[dict]:
