@@ -193,3 +193,21 @@ def test_peak_rss_is_the_childs_not_the_parents():
     rc, peak_mb = wait_with_rss(subprocess.Popen([sys.executable, "-c", code]), timeout_s=60)
     assert rc == 0 and 60 <= peak_mb < 180, peak_mb
     del ballast
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--only-stages", "--write", "B.md"], "--write replaces the whole 'Edge daemon' section, which --only-stages does not measure"),
+        (["--example", "nope.toml"], "--example nope.toml: no such config file"),
+    ],
+)
+def test_bench_cli_refuses_in_one_line(tmp_path, args, expected):
+    from typer.testing import CliRunner
+
+    from ssae import app
+
+    args = [str(tmp_path / a) if a.endswith(".md") else a for a in args]
+    done = CliRunner().invoke(app, ["edge", "bench", "--work", str(tmp_path), *args])
+    assert done.exit_code == 2 and expected in done.output, done.output
+    assert "Traceback" not in done.output and not (tmp_path / "B.md").exists()

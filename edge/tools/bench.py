@@ -421,8 +421,8 @@ def run_bench(*, bundle: Path | None, work: Path, size_px: int = 256, frames: in
     from edge.daemon.config import DEFAULT_MAX_BATCH
 
     work.mkdir(parents=True, exist_ok=True)
-    progress(f"bundle: {'building an untrained default model' if bundle is None else bundle}")
     bundle_dir = ensure_bundle(bundle, work, size_px)
+    progress(f"bundle: {bundle_dir}" + (" (an untrained default model)" if bundle is None else ""))
     spec = load_bundle(bundle_dir).manifest.input
     if (spec.height_px, spec.width_px) != (size_px, size_px):
         size_px = spec.height_px  # the bundle decides; --size only shapes a bundle built here
