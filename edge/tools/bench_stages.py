@@ -222,21 +222,20 @@ def measure_stages(bundle_dir: Path, frames: np.ndarray, video: Path, *, batch: 
     """Every stage on its own; `batch` is the daemon's default max_batch (the model row and the spin probe)."""
     from edge.backends import open_backend
     from edge.bundle import load_bundle
-    from edge.daemon.postprocess import Thresholds, judge
+    from edge.daemon.postprocess import Thresholds, encode_mask, judge
 
     bundle = load_bundle(bundle_dir)
     spec = bundle.manifest.input
-    backend = open_backend(bundle, "onnxruntime", max_batch=len(frames))
+    backend = open_backend(bundle, "onnxruntime", max_batch=batch)
     try:
-        maps, scores = backend.infer(np.ascontiguousarray(frames))
+        outs = [backend.infer(np.ascontiguousarray(frames[i : i + batch])) for i in range(0, len(frames), batch)]
     finally:
         backend.close()
+    maps, scores = np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
     stages = [measure_decode(video), *measure_post(frames, maps, scores, spec)]
     pixel = float(np.percentile(maps, 99.5))
     hot = int(np.argmax(maps.reshape(len(maps), -1).max(axis=1)))
     mask = judge(maps[hot], float(scores[hot]), Thresholds(image=0.0, pixel=pixel, origin="bench")).mask
-    from edge.daemon.postprocess import encode_mask
-
     stages += measure_publish({"raw": encode_mask(mask, "raw"), "png": encode_mask(mask, "png")}, spec.height_px)
     fps, cpu_ms = model_fps(bundle_dir, frames, batch=batch, spin=False, measure_s=measure_s)
     spin = spin_probe(bundle_dir, frames, batch=batch, measure_s=measure_s) if probe else None
