@@ -9,7 +9,7 @@ Threads: `threads` intra-op threads (0: the cores this process may run on), and 
 spin. ONNX Runtime's own default lets idle pool threads busy-wait for the next parallel section: on a box
 with few cores that burns the cores capture decode, post-processing, publishing and the subscribers need,
 and beside any other busy process a spinning pool waits on a descheduled shard and collapses (measured in
-BENCHMARKS.md, "Edge daemon"). Blocking threads cost a wake-up per parallel section instead, which is small
+BENCHMARKS.md, "Edge daemon defaults"). Blocking threads cost a wake-up per parallel section instead, which is small
 next to this model's convolutions. `spin=True` restores ONNX Runtime's default for a box given to it alone.
 """
 

@@ -40,16 +40,7 @@ from edge.errors import UserError
 from edge.manifest import BundleError
 from edge.sdnotify import Notifier
 from edge.security import start_server_security
-from edge.wire import (
-    SCHEMA_VERSION,
-    ApplyThresholds,
-    CameraHealth,
-    Health,
-    Reload,
-    Reply,
-    Request,
-    Status,
-)
+from edge.wire import SCHEMA_VERSION, ApplyThresholds, CameraHealth, Health, Reload, Reply, Request, Status
 
 log = logging.getLogger("edge.daemon")
 NAN = float("nan")
