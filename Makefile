@@ -27,7 +27,7 @@ bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
 
 bench-edge: $(STAMP)
-	$(BIN)/ssae edge bench --write BENCHMARKS.md --json bench-out/edge/edge-bench.json
+	$(BIN)/ssae edge bench --example configs/edge/line.example.toml --example configs/edge/demo.toml --write BENCHMARKS.md --json bench-out/edge/edge-bench.json
 
 clean:
 	rm -rf $(VENV) demo-run

@@ -25,6 +25,10 @@ def test_shipped_configs_load():
     line = load_config(ROOT / "configs/edge/line.example.toml")
     assert len(line.cameras) == 3 and line.archive is not None and line.metrics.port == 9108
     assert line.cameras[0].crop is not None and line.cameras[0].crop.w == 1280
+    # The examples run as the defaults do on a small CPU box (issue 22): every usable core, no spinning, small
+    # batches, no wait for a fuller one, and the mask that costs no CPU.
+    for cfg in (demo, line):
+        assert (cfg.threads, cfg.spin, cfg.max_batch, cfg.batch_wait_ms, cfg.publish.mask) == (0, False, 4, 0.0, "raw")
 
 
 def test_minimal_config_gets_documented_defaults(tmp_path):
@@ -34,6 +38,38 @@ def test_minimal_config_gets_documented_defaults(tmp_path):
     assert isinstance(cfg, DaemonConfig)
     assert cfg.cameras[0].queue is None and cfg.cameras[0].policy == "all" and cfg.publish.endpoints == ["tcp://127.0.0.1:5555"]
     assert cfg.control is None and cfg.archive is None and cfg.metrics.port is None and not cfg.security.curve
+
+
+def test_inference_defaults_suit_a_small_shared_cpu_box(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text(GOOD)
+    cfg = load_config(path)
+    assert cfg.threads == 0 and cfg.spin is False  # every usable core, idle threads sleep instead of spinning
+    assert cfg.max_batch == 4 and cfg.batch_wait_ms == 0.0 and cfg.publish.mask == "raw"
+
+
+@pytest.mark.parametrize(
+    "top, max_batch",
+    [("", 4), ('backend = "tensorrt"\n', 8), ('backend = "torch-cuda"\n', 8), ("max_batch = 2\n", 2), ('backend = "tensorrt"\nmax_batch = 16\n', 16)],
+)
+def test_max_batch_default_follows_the_backend_and_a_set_value_wins(tmp_path, top, max_batch):
+    path = tmp_path / "edge.toml"
+    path.write_text(top + GOOD)
+    assert load_config(path).max_batch == max_batch
+
+
+def test_spin_is_a_boolean_for_onnxruntime_only(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text("spin = true\n" + GOOD)
+    assert load_config(path).spin is True
+    for text, expected in [
+        ('spin = "yes"\n' + GOOD, 'spin = "yes" is a quoted string; write a true/false'),
+        ('backend = "tensorrt"\nspin = true\n' + GOOD, 'spin = true applies to backend = "onnxruntime"'),
+    ]:
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            load_config(path)
+        assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize(

@@ -261,7 +261,7 @@ def test_gpu_table_becomes_backend_options():
     def options(**raw):
         return backend_options(config_from_dict({"bundle": "b", "cameras": [{"id": "a", "source": "0"}], "threads": 2, **raw}))
 
-    assert options() == {}
+    assert options() == {"spin": False} and options(spin=True) == {"spin": True}  # onnxruntime: whether its threads spin
     assert options(backend="tensorrt", gpu={"device": "cuda:1", "precision": "fp32", "in_flight": 3}) == {"device_index": 1, "in_flight": 3, "fp16": False}
     assert options(backend="tensorrt") == {"device_index": 0, "in_flight": 2, "fp16": True}
     assert options(backend="torch-cuda", gpu={"cuda_graphs": True}) == {"device": "cuda", "in_flight": 2, "cuda_graphs": True, "precision": None}

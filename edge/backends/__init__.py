@@ -43,7 +43,8 @@ class Backend(Protocol):
 
 
 def open_backend(bundle: Bundle, name: BackendName = "onnxruntime", *, threads: int = 0, max_batch: int = 8, **options) -> Backend:
-    """Build the named backend for a verified bundle. threads=0 lets the backend pick (all cores)."""
+    """Build the named backend for a verified bundle. threads=0 lets the backend pick (the usable cores);
+    ONNX Runtime takes spin=True to let its idle threads busy-wait (off by default, see edge/backends/ort.py)."""
     if name == "onnxruntime":
         from edge.backends.ort import OrtBackend
 

@@ -36,6 +36,7 @@ from edge.strict import Strict
 CameraId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]+$", max_length=64)]
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|ws|wss)://\S+$")
+DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 8}  # max_batch when the config leaves it out (see DaemonConfig.max_batch)
 
 
 class CropConfig(Strict, kw_only=True):
@@ -169,8 +170,15 @@ class DaemonConfig(Strict, kw_only=True):
     cameras: Annotated[list[CameraConfig], Meta(min_length=1)]
     name: CameraId = "edge"  # daemon id: heartbeats go to health.<name>
     backend: Literal["onnxruntime", "tensorrt", "torch-cuda"] = "onnxruntime"
-    threads: Annotated[int, Meta(ge=0, le=1024)] = 0  # inference threads; 0 = all cores
-    max_batch: Annotated[int, Meta(ge=1, le=256)] = 8  # frames per inference call, gathered across cameras
+    threads: Annotated[int, Meta(ge=0, le=1024)] = 0  # inference threads; 0 = the cores this process may use (its CPU affinity)
+    # onnxruntime: let idle inference threads busy-wait for the next piece of work (ONNX Runtime's own default).
+    # Off: on a box with few cores spinning threads burn the cores that decode, judging, publishing and the
+    # subscribers need, and beside any other busy process inference collapses. On only for a box given to it alone.
+    spin: bool = False
+    # Frames per inference call, gathered across cameras; absent: 4 on onnxruntime (on a CPU a bigger batch
+    # gains nothing and each frame waits for the whole batch), 8 on tensorrt / torch-cuda (a GPU needs batches).
+    # The worker never waits to fill a batch unless batch_wait_ms says so: a slow live camera gets batches of 1.
+    max_batch: Annotated[int, Meta(ge=1, le=256)] | None = None
     batch_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 0.0  # wait this long to fill a batch; 0 = take what is ready (latency first)
     image_threshold: Annotated[float, Meta(ge=0)] | None = None  # overrides the bundle's calibration
     pixel_threshold: Annotated[float, Meta(ge=0)] | None = None  # mask threshold; default: the calibration's, else image_threshold
@@ -186,6 +194,8 @@ class DaemonConfig(Strict, kw_only=True):
 
     def __post_init__(self):
         self._check_gpu()
+        if self.max_batch is None:  # resolved here, so every reader sees a number
+            msgspec.structs.force_setattr(self, "max_batch", DEFAULT_MAX_BATCH["cpu" if self.backend == "onnxruntime" else "gpu"])
         check_recipes(self.bundle, self.recipes, self.recipe, self.image_threshold is not None or self.pixel_threshold is not None)
         seen: set[str] = set()
         for i, camera in enumerate(self.cameras):
@@ -212,6 +222,8 @@ class DaemonConfig(Strict, kw_only=True):
 
     def _check_gpu(self) -> None:
         gpu = self.gpu
+        if self.spin and self.backend != "onnxruntime":
+            raise ValueError(f'spin = true applies to backend = "onnxruntime" (the {self.backend} backend runs no CPU thread pool); remove it')
         if self.backend == "onnxruntime":
             if gpu != GpuConfig():
                 raise ValueError('gpu.* applies to backend = "tensorrt" or "torch-cuda"; remove the [gpu] table or choose one of those backends')

@@ -399,7 +399,7 @@ def serve(cfg: DaemonConfig, config_path: str | Path | None = None, report: Call
 
 
 def backend_options(cfg: DaemonConfig) -> dict:
-    """The [gpu] table as the chosen backend's constructor options (none for ONNX Runtime)."""
+    """The [gpu] table as the chosen backend's constructor options; for ONNX Runtime, whether its threads spin."""
     gpu = cfg.gpu
     if cfg.backend == "torch-cuda":
         options = dict(device=gpu.device, in_flight=gpu.in_flight, cuda_graphs=gpu.cuda_graphs, precision=gpu.precision)
@@ -409,7 +409,7 @@ def backend_options(cfg: DaemonConfig) -> dict:
     if cfg.backend == "tensorrt":
         index = int(gpu.device.partition(":")[2] or 0)  # "cuda" is device 0
         return dict(device_index=index, in_flight=gpu.in_flight, fp16=gpu.precision != "fp32")
-    return {}
+    return {"spin": cfg.spin}
 
 
 def _describe(t: Thresholds) -> str:

@@ -1,17 +1,26 @@
-"""`ssae edge bench`: is the daemon as fast as the model allows on this machine?
+"""`ssae edge bench`: is the daemon as fast as the model allows on this machine, as shipped and tuned?
 
 One run measures, on the same bundle and the same synthetic parts:
-  raw         ONNX Runtime alone (edge.backends.open_backend), images/s per batch size; the best is the
-              ceiling, and the median batch-1 call is the single-frame model time
-  end-to-end  the daemon (`python -m edge run`, its own process) reading an MJPG video with queue "all",
-              so every frame is decoded, judged, post-processed and published to a subscriber in a third
-              process; images/s over the steady state (the first frames, which warm ONNX Runtime, excluded).
-              Measured in rounds, each one raw at the best batch right before a daemon run, and the median of
-              the rounds' ratios reported: on a shared machine the speed drifts by more than the target's 5 %
-  latency     capture -> publish per frame (the header's timestamps), in a second daemon run whose file
-              source is paced to half the single-frame capacity, as a live camera would deliver it
-  memory      the daemon process's peak RSS (VmHWM from /proc, polled) over both runs
-Targets: end-to-end >= 0.95 x raw, p99 latency <= 2 x single-frame model time, peak RSS <= 500 MB.
+  raw         ONNX Runtime alone (edge.backends.open_backend), images/s per batch size, with its threads
+              spinning (ONNX Runtime's default) and not (the daemon's default); the best is the ceiling, and
+              the median batch-1 call is the single-frame model time
+  end-to-end  the daemon (`python -m edge run`, its own process) on an MJPG video, every frame decoded,
+              judged, post-processed and published to a subscriber in a third process that reads every
+              frame and its mask; images/s over the steady state (the first frames, which warm ONNX Runtime,
+              excluded). Set-ups, each timed in every round with raw at the best setting right before it:
+                shipped   quick mode as the README shows it, nothing tuned: default batch, threads, spinning,
+                          queue and mask (`ssae edge run --bundle B --source parts.avi --publish ...`)
+                tuned     a config with queue "all", max_batch = the best raw batch, its spin setting
+                <example> an example config's daemon settings (threads, spin, max_batch, batch_wait_ms,
+                          publish, postprocess) on the same video (--example configs/edge/line.example.toml)
+              Each round's ratio is its own (daemon / raw right before): on a shared machine the speed drifts
+              by more than the target's 5 %. Every round is reported, with min / median / max.
+  latency     capture -> publish per frame (the header's timestamps), in a daemon run whose file source is
+              paced to half the single-frame capacity, as a live camera would deliver it
+  memory      the daemon process's peak RSS (VmHWM from /proc, polled) over the runs
+  stages      CPU time per frame of each stage on its own, and spinning beside a busy process
+              (edge/tools/bench_stages.py)
+Targets: end-to-end >= 0.95 x raw in every round, p99 latency <= 2 x single-frame model time, peak RSS <= 500 MB.
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ import datetime as dt
 import multiprocessing
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +39,22 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.tools.bench_defaults import DEFAULTS
+from edge.tools.bench_inputs import (
+    ensure_bundle,
+    ensure_thresholds,
+    make_frames,
+    write_video,
+)
+from edge.tools.bench_setups import (
+    Setup,
+    endpoint_now,
+    example_config,
+    example_how,
+    shipped_args,
+    tuned_config,
+    write_toml,
+)
+from edge.tools.bench_stages import StageReport
 
 RAW_BATCHES = (1, 2, 4, 8)
 RSS_TARGET_MB = 500.0
@@ -39,11 +63,13 @@ LATENCY_TARGET_X = 2.0
 
 
 class RawResult(msgspec.Struct, frozen=True, kw_only=True):
-    per_batch: dict[int, float]  # batch -> images/s
+    per_batch: dict[int, float]  # batch -> images/s, threads not spinning (the daemon's default)
     best_batch: int
     best_fps: float
-    single_frame_ms: float  # median batch-1 call
+    single_frame_ms: float  # median batch-1 call, at the best spin setting
     threads: int
+    per_batch_spin: dict[int, float] = {}  # batch -> images/s, threads spinning (ONNX Runtime's own default)
+    best_spin: bool = False  # the ceiling was reached with spinning threads
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,8 +85,8 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int
 
 
-class Round(msgspec.Struct, frozen=True, kw_only=True):
-    """Raw ONNX Runtime at the best batch, then the daemon end to end, back to back."""
+class Trial(msgspec.Struct, frozen=True, kw_only=True):
+    """Raw ONNX Runtime at the best setting, then one daemon run, back to back."""
 
     raw_fps: float
     run: RunResult
@@ -68,6 +94,10 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def ratio(self) -> float:
         return self.run.fps / self.raw_fps
+
+
+class Round(msgspec.Struct, frozen=True, kw_only=True):
+    trials: dict[str, Trial]  # setup name -> its trial in this round
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,100 +109,47 @@ class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
     bundle: str
     size_px: int
     raw: RawResult
-    rounds: list[Round]  # queue "all", unpaced, each with its own raw figure
-    latency: RunResult  # paced
-    latency_pace_fps: float
+    setups: list[Setup]
+    judging: str = ""  # the thresholds the daemon judged with (see ensure_thresholds)
+    rounds: list[Round]
+    latency: RunResult | None = None  # paced; None with --no-latency
+    latency_pace_fps: float = 0.0
+    stages: StageReport | None = None  # None with --no-stages
 
-    @property
-    def median_round(self) -> Round:
-        return sorted(self.rounds, key=lambda r: r.ratio)[len(self.rounds) // 2]
+    def trials(self, setup: str) -> list[Trial]:
+        return [r.trials[setup] for r in self.rounds if setup in r.trials]
 
-    @property
-    def ratio(self) -> float:
-        return self.median_round.ratio
-
-    @property
-    def throughput(self) -> RunResult:
-        return self.median_round.run
+    def spread(self, setup: str) -> tuple[float, float, float]:
+        """(min, median, max) of the setup's per-round ratios."""
+        ratios = sorted(t.ratio for t in self.trials(setup))
+        return ratios[0], float(np.median(ratios)), ratios[-1]
 
     @property
     def peak_rss_mb(self) -> float:
-        return max(max(r.run.peak_rss_mb for r in self.rounds), self.latency.peak_rss_mb)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs: the bundle, frames, the video.
-
-
-def make_untrained_bundle(out: Path, size_px: int) -> Path:
-    """The default network (train.model.ModelConfig()), seeded but untrained: timing does not depend on weights."""
-    try:
-        import torch
-
-        from edge.manifest import Provenance
-        from train.export import InferenceGraph, export_bundle
-        from train.model import FilterAE, ModelConfig
-    except ImportError as e:
-        raise UserError(f"building a benchmark bundle needs the training extra ({e}); pass --bundle or pip install '.[train]'") from e
-    torch.manual_seed(0)
-    net = FilterAE(ModelConfig()).eval()
-    graph = InferenceGraph(net, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], smooth_sigma_px=max(1.0, size_px / 64))
-    export_bundle(graph, out, height=size_px, width=size_px, channels=3,
-                  provenance=Provenance(data="none (benchmark)", recipe="untrained, default ModelConfig"), with_torch_program=False)
-    return out
-
-
-def ensure_bundle(bundle: Path | None, work: Path, size_px: int) -> Path:
-    if bundle is not None:
-        return bundle
-    out = work / f"bench-bundle-{size_px}"
-    if not (out / "manifest.json").is_file():
-        # A child process: torch's thread pool must not linger in the process that times ONNX Runtime.
-        code = f"from pathlib import Path; from edge.tools.bench import make_untrained_bundle; make_untrained_bundle(Path({str(out)!r}), {size_px})"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise UserError(f"could not build the benchmark bundle in {out}: {done.stderr.strip().splitlines()[-1:]}; pass --bundle")
-    return out
-
-
-def make_frames(n: int, size_px: int, seed: int = 0) -> np.ndarray:
-    """n synthetic parts, every 10th with a defect (the project's generator; numpy + OpenCV)."""
-    from train.synthetic import DEFECT_KINDS, add_defect, make_part, rng_for
-
-    frames = np.empty((n, size_px, size_px, 3), np.uint8)
-    for i in range(n):
-        rng = rng_for(seed, "bench", i)
-        img = make_part(size_px, rng)
-        if i % 10 == 9:
-            img, _ = add_defect(img, DEFECT_KINDS[(i // 10) % len(DEFECT_KINDS)], rng)
-        frames[i] = img
-    return frames
-
-
-def write_video(path: Path, frames: np.ndarray, fps: float = 30.0) -> Path:
-    import cv2
-
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    if not writer.isOpened():
-        raise UserError(f"OpenCV cannot write MJPG video {path}; check the folder is writable")
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
-    return path
+        runs = [t.run for r in self.rounds for t in r.trials.values()] + ([self.latency] if self.latency else [])
+        return max(run.peak_rss_mb for run in runs)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Raw ONNX Runtime.
 
 
-def measure_raw(bundle_dir: Path, frames: np.ndarray, *, batches=RAW_BATCHES, measure_s: float = DEFAULTS.measure_s, threads: int = 0) -> RawResult:
+def measure_raw(bundle_dir: Path, frames: np.ndarray, *, batches=RAW_BATCHES, measure_s: float = DEFAULTS.measure_s, threads: int = 0,
+                spins: tuple[bool, ...] = (False, True)) -> RawResult:
+    """images/s per batch for each spin setting; the best (batch, spin) of all is the ceiling."""
+    sweeps = {spin: _sweep(bundle_dir, frames, batches, measure_s, threads, spin) for spin in spins}
+    best_spin, (per_batch, single_ms, threads_used) = max(sweeps.items(), key=lambda kv: max(kv[1][0].values()))
+    best = max(per_batch, key=per_batch.get)
+    return RawResult(per_batch=sweeps.get(False, sweeps[best_spin])[0], per_batch_spin=sweeps[True][0] if True in sweeps else {},
+                     best_batch=best, best_spin=best_spin, best_fps=per_batch[best], single_frame_ms=single_ms, threads=threads_used)
+
+
+def _sweep(bundle_dir: Path, frames: np.ndarray, batches, measure_s: float, threads: int, spin: bool) -> tuple[dict[int, float], float, int]:
+    """(images/s per batch, median batch-1 call in ms, threads used) at one spin setting."""
     from edge.backends import open_backend
     from edge.bundle import load_bundle
 
-    backend = open_backend(load_bundle(bundle_dir), "onnxruntime", threads=threads, max_batch=max(batches))
+    backend = open_backend(load_bundle(bundle_dir), "onnxruntime", threads=threads, max_batch=max(batches), spin=spin)
     per_batch: dict[int, float] = {}
     single: list[float] = []
     try:
@@ -191,9 +168,7 @@ def measure_raw(bundle_dir: Path, frames: np.ndarray, *, batches=RAW_BATCHES, me
         threads_used = getattr(backend, "threads", threads)
     finally:
         backend.close()
-    best = max(per_batch, key=per_batch.get)
-    return RawResult(per_batch=per_batch, best_batch=best, best_fps=per_batch[best],
-                     single_frame_ms=float(np.median(single)) * 1000 if single else float("nan"), threads=threads_used)
+    return per_batch, float(np.median(single)) * 1000 if single else float("nan"), threads_used
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,8 +186,13 @@ class SinkRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def run_sink(endpoint: str, expect: int | None, out_path: str, stop, silence_s: float = 60.0) -> None:
-    """Subscriber process: receive (masks included, as an adapter would) until `expect` frames, stop or silence."""
-    from edge.client.subscriber import FrameEvent, HeartbeatLost, Subscriber
+    """Subscriber process: receive and decode every frame and its mask until `expect` frames, stop or silence."""
+    from edge.client.subscriber import (
+        FrameEvent,
+        HeartbeatLost,
+        Subscriber,
+        decode_mask,
+    )
 
     seqs, cap, pub, rx = [], [], [], []
     error = ""
@@ -222,6 +202,7 @@ def run_sink(endpoint: str, expect: int | None, out_path: str, stop, silence_s: 
             event = sub.receive(timeout_s=0.2)
             if isinstance(event, FrameEvent):
                 h = event.header
+                decode_mask(h.mask, event.mask)  # what an adapter drawing or checking the mask pays
                 seqs.append(h.seq), cap.append(h.capture_ns), pub.append(h.publish_ns), rx.append(event.received_ns)
                 last = time.monotonic()
             elif isinstance(event, HeartbeatLost) and seqs:
@@ -234,12 +215,6 @@ def run_sink(endpoint: str, expect: int | None, out_path: str, stop, silence_s: 
         tally = sub.tally()
     record = SinkRecord(seq=seqs, capture_ns=cap, publish_ns=pub, received_ns=rx, lost=tally.lost, dropped=tally.dropped, error=error)
     Path(out_path).write_bytes(msgspec.msgpack.encode(record))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_hwm_mb(pid: int) -> float | None:
@@ -274,17 +249,8 @@ def wait_with_rss(proc: subprocess.Popen, timeout_s: float) -> tuple[int, float]
     raise UserError(f"the daemon did not finish within {timeout_s:.0f} s (stopped it); see its log beside the config")
 
 
-def run_daemon(bundle_dir: Path, video: Path, work: Path, *, name: str, queue: str, pace_fps: float, max_batch: int,
-               queue_size: int, expect: int | None, timeout_s: float) -> RunResult:
-    """One daemon run on the video with a subscriber process; frames accounted for by the subscriber."""
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    config = work / f"{name}.toml"
-    config.write_text(
-        f'name = "bench"\nbundle = "{bundle_dir.resolve()}"\nmax_batch = {max_batch}\n'
-        f"[publish]\nendpoints = [\"{endpoint}\"]\nwait_for_subscriber_s = 60\nheartbeat_s = 0.5\n"
-        f'[[cameras]]\nid = "cam0"\nsource = "{video.resolve()}"\nqueue = "{queue}"\nqueue_size = {queue_size}\npace_fps = {pace_fps}\n'
-    )
+def run_daemon(args: list[str], endpoint: str, work: Path, *, name: str, expect: int | None, timeout_s: float) -> RunResult:
+    """`python -m edge <args>` publishing on `endpoint`, with a subscriber process; frames accounted for by the subscriber."""
     out_path = work / f"{name}.sink.msgpack"
     out_path.unlink(missing_ok=True)
     ctx = multiprocessing.get_context("spawn")
@@ -293,7 +259,7 @@ def run_daemon(bundle_dir: Path, video: Path, work: Path, *, name: str, queue: s
     sink.start()
     log = open(work / f"{name}.log", "wb")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "edge", *args], stdout=log, stderr=subprocess.STDOUT)
         code, rss_mb = wait_with_rss(proc, timeout_s)
     finally:
         log.close()
@@ -338,36 +304,70 @@ def cpu_model() -> str:
 
 
 def run_bench(*, bundle: Path | None, work: Path, size_px: int = 256, frames: int = DEFAULTS.frames, latency_frames: int = DEFAULTS.latency_frames,
-              measure_s: float = DEFAULTS.measure_s, rounds: int = DEFAULTS.rounds, command: str = "ssae edge bench", progress=print) -> BenchResult:
+              measure_s: float = DEFAULTS.measure_s, rounds: int = DEFAULTS.rounds, tuned: bool = True, examples: list[Path] = (),
+              latency: bool = True, stages: bool = True, only_stages: bool = False, command: str = "ssae edge bench", progress=print) -> BenchResult:
     import onnxruntime
 
-    work.mkdir(parents=True, exist_ok=True)
-    progress(f"bundle: {'building an untrained default model' if bundle is None else bundle}")
-    bundle_dir = ensure_bundle(bundle, work, size_px)
     from edge.bundle import load_bundle
+    from edge.daemon.config import DEFAULT_MAX_BATCH
 
+    work.mkdir(parents=True, exist_ok=True)
+    bundle_dir = ensure_bundle(bundle, work, size_px)
+    progress(f"bundle: {bundle_dir}" + (" (an untrained default model)" if bundle is None else ""))
     spec = load_bundle(bundle_dir).manifest.input
     if (spec.height_px, spec.width_px) != (size_px, size_px):
         size_px = spec.height_px  # the bundle decides; --size only shapes a bundle built here
     images = make_frames(frames, size_px)
     video = write_video(work / f"parts-{size_px}-{frames}.avi", images)
-    progress("raw ONNX Runtime throughput per batch ...")
-    raw = measure_raw(bundle_dir, images, measure_s=measure_s)
-    progress("  " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in raw.per_batch.items()) + f"; single frame {raw.single_frame_ms:.1f} ms")
+    bundle_dir, judging = ensure_thresholds(bundle_dir, work, images, own=bundle is None)
+    progress(f"judged with {judging}")
+    report = None
+    if stages or only_stages:
+        from edge.tools.bench_stages import measure_stages
+
+        progress("cost per stage (CPU time per frame) and spinning beside a busy process ...")
+        report = measure_stages(bundle_dir, images[:40], video, batch=DEFAULT_MAX_BATCH["cpu"], measure_s=measure_s)
+    progress("raw ONNX Runtime throughput per batch, spinning off and on ...")
+    raw = measure_raw(bundle_dir, images, measure_s=measure_s, spins=(False,) if only_stages else (False, True))
+    progress("  spin off: " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in raw.per_batch.items())
+             + ("; spin on: " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in raw.per_batch_spin.items()) if raw.per_batch_spin else "")
+             + f"; best batch {raw.best_batch}, spin {'on' if raw.best_spin else 'off'}; single frame {raw.single_frame_ms:.1f} ms")
+    setups = [] if only_stages else [Setup(name="shipped", how="`ssae edge run --bundle B --source parts.avi --publish tcp://127.0.0.1:PORT "
+                                                          "--policy all --wait-for-subscriber 60`: every other setting its default")]
+    if tuned and not only_stages:
+        setups.append(Setup(name="tuned", how=f"config: queue all, max_batch {raw.best_batch} (best raw batch), spin {'on' if raw.best_spin else 'off'}, "
+                                              f"threads {raw.threads}"))
+    for example in () if only_stages else examples:
+        setups.append(Setup(name=example.stem, how=example_how(example), config=str(example)))
     done: list[Round] = []
-    for k in range(1, rounds + 1):
-        again = measure_raw(bundle_dir, images, batches=(raw.best_batch,), measure_s=measure_s)
-        progress(f"round {k}/{rounds}: raw batch {raw.best_batch} {again.best_fps:.1f}/s; daemon on {frames} frames, queue all ...")
-        run = run_daemon(bundle_dir, video, work, name="throughput", queue="all", pace_fps=0.0, max_batch=raw.best_batch,
-                         queue_size=max(4, 2 * raw.best_batch), expect=frames, timeout_s=60 + 5 * frames / max(raw.best_fps, 1))
-        done.append(Round(raw_fps=again.best_fps, run=run))
-        progress(f"  {run.fps:.1f}/s = {done[-1].ratio:.3f} x raw")
-    pace = 0.5 * 1000.0 / raw.single_frame_ms
-    lat_video = write_video(work / f"parts-{size_px}-{latency_frames}.avi", images[:latency_frames])
-    progress(f"latency: daemon paced at {pace:.1f} fps, queue latest, max_batch {raw.best_batch} ...")
-    latency = run_daemon(bundle_dir, lat_video, work, name="latency", queue="latest", pace_fps=round(pace, 2), max_batch=raw.best_batch,
-                         queue_size=1, expect=None, timeout_s=60 + 3 * latency_frames / pace)
-    progress(f"  p50 {latency.latency_p50_ms:.1f} ms, p99 {latency.latency_p99_ms:.1f} ms")
+    for k in range(1, rounds + 1 if setups else 1):
+        trials = {}
+        for setup in setups:
+            again = measure_raw(bundle_dir, images, batches=(raw.best_batch,), measure_s=measure_s, threads=raw.threads, spins=(raw.best_spin,))
+            endpoint = endpoint_now()
+            if setup.name == "shipped":
+                args = shipped_args(bundle_dir, video, endpoint)
+            else:
+                raw_cfg = (example_config(Path(setup.config), bundle_dir, video, endpoint) if setup.config
+                           else tuned_config(bundle_dir, video, endpoint, threads=raw.threads, spin=raw.best_spin, batch=raw.best_batch))
+                args = ["run", str(write_toml(work / f"{setup.name}.toml", raw_cfg))]
+            progress(f"round {k}/{rounds}, {setup.name}: raw batch {raw.best_batch} {again.best_fps:.1f}/s; daemon on {frames} frames ...")
+            run = run_daemon(args, endpoint, work, name=setup.name, expect=frames, timeout_s=60 + 5 * frames / max(raw.best_fps, 1))
+            trials[setup.name] = Trial(raw_fps=again.best_fps, run=run)
+            progress(f"  {run.fps:.1f}/s = {trials[setup.name].ratio:.3f} x raw (lost {run.lost}, dropped {run.dropped})")
+        if trials:
+            done.append(Round(trials=trials))
+    lat, pace = None, 0.0
+    if latency and not only_stages:
+        pace = 0.5 * 1000.0 / raw.single_frame_ms
+        lat_video = write_video(work / f"parts-{size_px}-{latency_frames}.avi", images[:latency_frames])
+        progress(f"latency: daemon paced at {pace:.1f} fps, queue latest, max_batch {raw.best_batch} ...")
+        endpoint = endpoint_now()
+        cfg = tuned_config(bundle_dir, lat_video, endpoint, threads=raw.threads, spin=raw.best_spin, batch=raw.best_batch, queue="latest",
+                           pace_fps=round(pace, 2), queue_size=1)
+        lat = run_daemon(["run", str(write_toml(work / "latency.toml", cfg))], endpoint, work, name="latency", expect=None,
+                         timeout_s=60 + 3 * latency_frames / pace)
+        progress(f"  p50 {lat.latency_p50_ms:.1f} ms, p99 {lat.latency_p99_ms:.1f} ms")
     return BenchResult(command=command, date=dt.datetime.now().astimezone().isoformat(timespec="minutes"), cpu=cpu_model(),
                        cores=len(os.sched_getaffinity(0)), onnxruntime=onnxruntime.__version__, bundle=str(bundle_dir),
-                       size_px=size_px, raw=raw, rounds=done, latency=latency, latency_pace_fps=pace)
+                       size_px=size_px, judging=judging, raw=raw, setups=setups, rounds=done, latency=lat, latency_pace_fps=pace, stages=report)

@@ -12,7 +12,7 @@ class BenchDefaults(msgspec.Struct, frozen=True, kw_only=True):
     frames: int = 600  # end-to-end video: long enough that warm-up is a small share of the steady state
     latency_frames: int = 200  # paced latency run: enough samples for a p99
     measure_s: float = 4.0  # per batch size in the raw timing
-    rounds: int = 5  # raw-then-daemon rounds; the median round's ratio is reported
+    rounds: int = 3  # rounds of raw-then-daemon per set-up; every round must reach the target, each is reported
 
 
 DEFAULTS = BenchDefaults()

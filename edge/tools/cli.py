@@ -26,26 +26,39 @@ def bench(
     frames: Annotated[int, typer.Option("--frames", min=50, help="Frames in the end-to-end video.")] = DEFAULTS.frames,
     latency_frames: Annotated[int, typer.Option("--latency-frames", min=20, help="Frames in the paced latency run.")] = DEFAULTS.latency_frames,
     measure: Annotated[float, typer.Option("--measure-s", min=0.1, help="Seconds per batch size in the raw timing.")] = DEFAULTS.measure_s,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Raw-then-daemon rounds; the median round's ratio is reported.")] = DEFAULTS.rounds,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="Rounds; each times raw right before every daemon run, and all are reported.")] = DEFAULTS.rounds,
+    tuned: Annotated[bool, typer.Option("--tuned/--no-tuned", help="Also run the daemon at raw's best batch and spin setting, beside the shipped defaults.")] = True,
+    example: Annotated[list[Path] | None, typer.Option("--example", help="Also run an example config's daemon settings on the video, e.g. configs/edge/line.example.toml; repeatable.")] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="The paced capture->publish latency run.")] = True,
+    stages: Annotated[bool, typer.Option("--stages/--no-stages", help="CPU time per frame of each stage, and spinning beside a busy process.")] = True,
+    only_stages: Annotated[bool, typer.Option("--only-stages", help="Only the per-stage costs (a minute): no daemon runs; prints their table.")] = False,
     work: Annotated[Path, typer.Option("--work", help="Folder for the bundle, videos, configs and daemon logs.")] = Path("bench-out/edge"),
     write: Annotated[Path | None, typer.Option("--write", help="Also replace the 'Edge daemon' section of this file (e.g. BENCHMARKS.md).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
 ) -> None:
     """Time the daemon against raw ONNX Runtime on this machine; prints a markdown block for BENCHMARKS.md.
 
-    Measures raw throughput per batch, the daemon's end-to-end throughput from an MJPG video to a subscriber
-    process (as a ratio of raw), p50/p99 capture->publish latency in a paced run, and the daemon's peak RSS.
+    Measures raw throughput per batch (ONNX Runtime's threads spinning and not), the daemon's end-to-end throughput
+    from an MJPG video to a subscriber process as a ratio of raw, per round: as shipped (quick mode, every default)
+    and tuned (and any --example config); p50/p99 capture->publish latency in a paced run, the daemon's peak RSS, and
+    what each stage costs per frame.
     """
     import msgspec
 
     from edge.tools.bench import run_bench
-    from edge.tools.bench_report import format_markdown, write_section
+    from edge.tools.bench_report import format_markdown, format_stages, write_section
 
+    if only_stages and write is not None:
+        raise fail("--write replaces the whole 'Edge daemon' section, which --only-stages does not measure; drop one of them")
     with known_errors():
+        for path in example or []:
+            if not path.is_file():
+                raise fail(f"--example {path}: no such config file; pass one of configs/edge/*.toml")
         command = "ssae edge bench" + "".join(f" {a}" for a in sys.argv[3:]) if sys.argv[1:3] == ["edge", "bench"] else "ssae edge bench"
         result = run_bench(bundle=bundle, work=work, size_px=size, frames=frames, latency_frames=latency_frames, measure_s=measure,
-                           rounds=rounds, command=command, progress=_err)
-        markdown = format_markdown(result)
+                           rounds=rounds, tuned=tuned, examples=list(example or []), latency=latency, stages=stages, only_stages=only_stages,
+                           command=command, progress=_err)
+        markdown = format_stages(result.stages) if only_stages else format_markdown(result)
         if write is not None:
             write_section(write, markdown)
         if json_out is not None:
