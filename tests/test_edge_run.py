@@ -276,7 +276,11 @@ verdicts = ["unknown"]
     # The first failure in full, then only counts: one per minute of the run (on a slow box) and the rest at shutdown.
     assert "File too large" in lines[0] and 2 <= len(lines) <= 4, proc.stderr
     repeats = [int(re.search(r"\(repeated (\d+) times in the last", line).group(1)) for line in lines[1:]]
-    assert sum(repeats) == 29, proc.stderr
+    # On a busy box the archive's queue can fill and entries are skipped (counted in their own rate-limited line):
+    # every one of the 30 frames is either a failed write or a counted skip.
+    behind = [line for line in proc.stderr.splitlines() if "archive behind: skipped" in line]
+    skipped = len(behind) and 1 + sum(int(m.group(1)) for line in behind[1:] if (m := re.search(r"\(repeated (\d+) times", line)))
+    assert 1 + sum(repeats) + skipped == 30, proc.stderr
 
 
 def test_sources_that_can_never_open_fail_their_camera_once_instead_of_retrying(tiny_bundle, tmp_path):
