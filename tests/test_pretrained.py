@@ -155,3 +155,20 @@ def test_resume_is_refused_with_the_fix(pretrained_data, tmp_path):
     r = CliRunner().invoke(app, ["train", "fit", str(pretrained_data), "--category", "part", "--out", str(tmp_path / "b"), *FIT, "--resume"])
     assert r.exit_code == 2 and "without --resume" in r.output
     assert not (tmp_path / "b").exists()
+
+
+@needs_weights
+def test_a_darker_exposure_moves_no_score(pretrained_data):
+    from train.backbone import load_pretrained
+
+    images, _ = load_images(pretrained_data / "part" / "train" / "good", 64)
+    frames = np.stack([cv2.imread(str(p)) for p in sorted((pretrained_data / "part" / "test" / "good").glob("*.png"))])
+    darker = np.round(frames * 0.85).astype(np.uint8)  # no clipping: a pure change of gain
+    change = {}
+    for norm in (True, False):
+        graph, _ = build_graph(images, load_pretrained(), PatchCoreConfig(exposure_norm=norm), seed=0, smooth_sigma_px=1.0)
+        with torch.no_grad():
+            s, s_dark = (graph(torch.from_numpy(f))[1].numpy() for f in (frames, darker))
+        change[norm] = float(np.max(np.abs(s_dark - s) / s))
+    assert change[True] < 0.05, change
+    assert change[False] > 2 * change[True], change  # without it the same parts score differently
