@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel on disk; anything unpinned would pull a CUDA build.
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[train,calibrate,adapter,view,opcua,mqtt,test]"
+	$(BIN)/pip install --quiet -e ".[train,pretrained,calibrate,adapter,view,opcua,mqtt,test]"
 	touch $(STAMP)
 
 venv: $(STAMP)

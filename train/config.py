@@ -1,7 +1,7 @@
 """The training recipe: every knob of `ssae train fit` in one typed struct, read from TOML.
 
 Defaults here equal configs/train/default.toml, which documents each one with its reason (a test
-keeps the two in step). `--recipe residual|plain|denoising` applies the comparison recipes on top of the
+keeps the two in step). `--recipe residual|plain|denoising|pretrained` applies the comparison recipes on top of the
 defaults; `--config FILE` then overrides any key. Unknown or ill-typed keys are refused with their path.
 """
 
@@ -17,9 +17,10 @@ from edge.errors import UserError
 from train.corrupt import CorruptionConfig
 from train.head import HeadConfig
 from train.model import ModelConfig
+from train.patchcore import PatchCoreConfig
 from train.residual import ResidualName
 
-RecipeName = Literal["default", "residual", "plain", "denoising"]
+RecipeName = Literal["default", "residual", "plain", "denoising", "pretrained"]
 
 
 class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -54,6 +55,7 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     corruption: CorruptionConfig = CorruptionConfig(fill_near=1.0, poisson=0.3)
     model: ModelConfig = ModelConfig()
     head: HeadConfig = HeadConfig()
+    patchcore: PatchCoreConfig = PatchCoreConfig()  # the pretrained recipe only (train/patchcore.py)
 
     def __post_init__(self):
         if self.head.enabled and not self.corruption.enabled:
@@ -74,6 +76,8 @@ RECIPES: dict[str, dict] = {
     "plain": {"recipe": "plain", **_NO_HEAD, "corruption": {"enabled": False, **_PAPER_CORRUPTION}, "noise_std": 0.0, "region_weight": 1.0},
     "denoising": {"recipe": "denoising", **_NO_HEAD, "corruption": {"enabled": False, **_PAPER_CORRUPTION}, "noise_std": 0.1,
                   "noise_in_target": False, "region_weight": 1.0},
+    # Optional, not the default: no training, a PatchCore memory bank of ImageNet features (train/patchcore.py).
+    "pretrained": {"recipe": "pretrained", **_NO_HEAD, "corruption": {"enabled": False}},
 }
 
 

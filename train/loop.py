@@ -197,6 +197,10 @@ def _fit(data: Path, out: Path, cfg: TrainConfig, stop: StopSignals, *, category
     n, height, width, channels = images.shape
     if n < 2:
         raise UserError(f"{folder} holds {n} image; training needs at least 2 good images (ideally 100+)")
+    if cfg.recipe == "pretrained":  # no training loop: a memory bank of pretrained features (train/fit_pretrained.py)
+        from train.fit_pretrained import fit_pretrained
+
+        return fit_pretrained(data, out, cfg, stop, images, ckpt_path, category=category, resume=resume, force=force)
     train_images = training_view(images)  # a gray set trains exactly as its 3-channel copy
     if cfg.model.in_channels != train_images.shape[3]:
         cfg = msgspec.structs.replace(cfg, model=msgspec.structs.replace(cfg.model, in_channels=train_images.shape[3]))
