@@ -1,11 +1,11 @@
 """Quality benchmark: train the default recipe and its comparisons per category, evaluate, write BENCHMARKS.md.
 
     python bench/quality.py [--bench-script ../shared/benchmarks/texture_bench.py] [--out bench-out/quality]
-                            [--categories brick,grass,gravel,tile] [--recipes default,residual] [--steps N]
+                            [--categories brick,grass,gravel,tile] [--recipes default,head] [--steps N]
                             [--real-cells ../shared/benchmarks/real_cells]
 
-"residual" is the seed paper's method (the filter scored by its squared error, no head), the product's
-default before the head: the comparison the default must beat. "plain" and "denoising" are the paper's own
+"default" is the seed paper's method (the filter scored by its squared error, no head; "residual" names it);
+"head" adds the learned comparator, and becomes the default only where it measures better on every category. "plain" and "denoising" are the paper's own
 comparisons. --real-cells adds the real solar-cell images (category `cell`, trained and scored at --size;
 image-level metrics only, the set has no masks).
 
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--bench-script", type=Path, default=ROOT.parent / "shared" / "benchmarks" / "texture_bench.py")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "quality")
     ap.add_argument("--categories", default="brick,grass,gravel,tile")
-    ap.add_argument("--recipes", default="default,residual")
+    ap.add_argument("--recipes", default="default,head")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps (default: the recipe's)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs' JSON in --out")

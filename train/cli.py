@@ -29,7 +29,7 @@ def fit(
     out: Path = typer.Option(..., "--out", help="Bundle folder to write: new, empty, or a bundle ssae wrote (its files are replaced at the end, yours kept); checkpoints go to OUT.work/."),
     category: Optional[str] = typer.Option(None, "--category", help="MVTec-AD category: trains on DATA/<category>/train/good."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training recipe TOML (keys: configs/train/default.toml)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="default (filter + head) | residual (the seed paper's filter scored by its residual) | plain | denoising | pretrained (optional: PatchCore on ImageNet features, needs the [pretrained] extra)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="default (the seed paper's filter scored by its residual; residual names it) | head (filter + learned comparator) | residual | plain | denoising | pretrained (optional: PatchCore on ImageNet features, needs the [pretrained] extra)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in px (default: recipe's, else the images')."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
