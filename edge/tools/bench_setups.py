@@ -6,13 +6,13 @@ publishes on a given endpoint, where the bench's subscriber process listens.
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import msgspec
 
 from edge.errors import UserError
+from edge.tools.toml_text import to_toml
 
 
 class Setup(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,27 +79,6 @@ def example_how(example: Path) -> str:
 
 
 def write_toml(path: Path, raw: dict) -> Path:
-    """The small TOML subset a daemon config needs (msgspec's TOML encoder wants tomli_w, not a dependency)."""
-
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)  # a JSON string is a TOML basic string
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items() if x is not None) + " }"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    lines = [f"{k} = {value(v)}" for k, v in raw.items() if v is not None and not isinstance(v, dict) and k != "cameras"]
-    for table, body in ((k, v) for k, v in raw.items() if isinstance(v, dict)):
-        lines += [f"[{table}]"] + [f"{k} = {value(v)}" for k, v in body.items() if v is not None]
-    for camera in raw["cameras"]:
-        lines += ["[[cameras]]"] + [f"{k} = {value(v)}" for k, v in camera.items() if v is not None]
-    path.write_text("\n".join(lines) + "\n")
+    """A daemon config file from its mapping (None values leave the default)."""
+    path.write_text(to_toml(raw))
     return path
-
-

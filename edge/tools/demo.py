@@ -32,6 +32,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.tools.demo_parts import TINY, DemoOptions, FrameTruth, write_stills, write_video
+from edge.tools.toml_text import to_toml
 
 __all__ = ["TINY", "DemoOptions", "DemoSummary", "format_summary", "run_demo", "to_toml"]
 
@@ -173,37 +174,6 @@ def daemon_config(work: Path, bundle: Path, video: Path, endpoint: str) -> Path:
     path.write_text(text)
     load_config(path)  # what the daemon will read back must be what we meant
     return path
-
-
-def to_toml(table: dict, prefix: str = "") -> str:
-    """TOML for a config mapping (msgspec.toml.encode would need tomli_w). None means "leave the default"."""
-
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)  # a JSON string is a valid TOML basic string
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items() if x is not None) + "}"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    def is_tables(v) -> bool:
-        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-    lines = [f"{k} = {value(v)}" for k, v in table.items() if v is not None and not isinstance(v, dict) and not is_tables(v)]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in table.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += f"\n[{name}]\n" + to_toml(v, prefix=f"{name}.")
-        elif is_tables(v):
-            for item in v:
-                out += f"\n[[{name}]]\n" + to_toml(item, prefix=f"{name}.")
-    return out
 
 
 def mark(event, truth: dict[int, FrameTruth]) -> tuple[str, str]:
