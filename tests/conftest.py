@@ -36,3 +36,11 @@ def tiny_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(graph, out, height=32, width=32, channels=3, provenance=Provenance(data="tests", recipe="untrained"), with_torch_program=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    """A training recipe small enough for a test: a 3-level net at a few steps, checkpoints every 3."""
+    cfg = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    cfg.write_text("batch_size = 4\nwarmup_steps = 2\ncheckpoint_every = 3\n[model]\nwidths = [8, 16, 16]\nbottleneck_blocks = 1\ndilations = [1, 2]\nskip_levels = 2\n")
+    return cfg

@@ -29,13 +29,6 @@ TINY = ["--steps", "6", "--no-progress", "--threads", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    cfg = tmp_path_factory.mktemp("cfg") / "tiny.toml"
-    cfg.write_text("batch_size = 4\nwarmup_steps = 2\ncheckpoint_every = 3\n[model]\nwidths = [8, 16, 16]\nbottleneck_blocks = 1\ndilations = [1, 2]\nskip_levels = 2\n")
-    return cfg
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_dataset, tiny_config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fit") / "bundle"
     r = CliRunner().invoke(app, ["train", "fit", str(tiny_dataset), "--category", "part", "--out", str(out), "--config", str(tiny_config), *TINY])
