@@ -93,6 +93,16 @@ class Stream:
         got.append(message)
         self.masks.setdefault(message.camera, []).append(parts[2])
 
+    def until(self, sub, predicate, timeout_s=10.0):
+        """Receive (and account) until a message matches predicate; AssertionError after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (got := receive(sub, 0.5)) is not None:
+                self.add(*got)
+                if predicate(got[0]):
+                    return got[0]
+        raise AssertionError("the stream never showed the change")
+
 
 def test_every_frame_accounted_for_across_cameras_until_the_daemon_exits(tiny_bundle, tmp_path, ctx):
     avi = tmp_path / "parts.avi"
@@ -246,13 +256,7 @@ def test_control_status_apply_reload_and_metrics(tiny_bundle, tmp_path, ctx):
     stream = Stream()
 
     def frames_until(predicate, timeout_s=10):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (got := receive(sub, 0.5)) is not None:
-                stream.add(*got)
-                if predicate(got[0]):
-                    return got[0]
-        raise AssertionError("the stream never showed the change")
+        return stream.until(sub, predicate, timeout_s)
 
     try:
         frames_until(lambda h: h.verdict == "unknown")

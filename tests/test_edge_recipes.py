@@ -68,13 +68,7 @@ def test_recipe_switch_between_frames_names_recipe_and_model_and_refuses_a_corru
     stream = Stream()
 
     def until(predicate, timeout_s=10):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (got := receive(sub, 0.5)) is not None:
-                stream.add(*got)
-                if predicate(got[0]):
-                    return got[0]
-        raise AssertionError("the stream never showed the change")
+        return stream.until(sub, predicate, timeout_s)
 
     try:
         until(lambda m: not isinstance(m, Health) and m.recipe == "a")
